@@ -94,7 +94,7 @@ def index(
     if retriever is RetrieverKind.hybrid:
         from distillir.retrievers.hybrid import HybridRetriever
 
-        built = HybridRetriever(sparse, dense, method=fusion.value)
+        built = HybridRetriever([sparse, dense], method=fusion.value)
     else:
         built = sparse or dense
     built.save(out)

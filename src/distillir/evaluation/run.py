@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -44,11 +46,12 @@ class Run(Mapping[str, list[tuple[str, float]]]):
 
     # --- TREC run format: "qid Q0 docid rank score tag" ---
     def write_trec(self, path: str | Path, tag: str | None = None) -> None:
+        """Write a TREC run. Scores are written exactly (repr), so rounding cannot create new ties on re-read."""
         tag = (tag or self.name).replace(" ", "_")
         with atomic_write(path) as f:
             for qid, hits in self._data.items():
                 for rank, (pid, score) in enumerate(hits, 1):
-                    f.write(f"{qid} Q0 {pid} {rank} {score:.6f} {tag}\n")
+                    f.write(f"{qid} Q0 {pid} {rank} {score!r} {tag}\n")
 
     @classmethod
     def read_trec(cls, path: str | Path) -> Run:
@@ -63,7 +66,9 @@ class Run(Mapping[str, list[tuple[str, float]]]):
                     continue
                 parts = line.split()
                 if len(parts) != 6:
-                    raise InputError(path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}", line=n)
+                    raise InputError(
+                        path, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}", line=n
+                    )
                 score = _score(parts[4], path, n)
                 seen.check(parts[0], parts[2], n)
                 data.setdefault(parts[0], []).append((parts[2], score))
@@ -102,13 +107,11 @@ class Run(Mapping[str, list[tuple[str, float]]]):
                     break
             else:
                 return cls(name=path.stem)  # empty file: an empty run
-        return cls.read_jsonl(path) if first == "{" else cls.read_trec(path)
+        return cls.read_jsonl(path) if first in "{[" else cls.read_trec(path)
 
     # --- JSONL with passage texts: what readers consume ---
     def write_jsonl(self, path: str | Path, queries, corpus) -> None:
         """One line per query: id, question, answers, and ctxs [{id, title, text, score}] (DPR/FiD layout)."""
-        import json
-
         with atomic_write(path) as f:
             for qid, hits in self._data.items():
                 qi = queries.index_of.get(qid)
@@ -134,7 +137,7 @@ def _score(value: object, path: Path, line: int) -> float:
         score = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise InputError(path, f"score {value!r} is not a number", line=line, field="score") from None
-    if score != score:  # NaN would make the order undefined
+    if math.isnan(score):  # NaN would make the order undefined
         raise InputError(path, "score is NaN", line=line, field="score")
     return score
 
@@ -156,8 +159,6 @@ class _PairTracker:
 
 def _parse_jsonl_line(text: str, path: Path, n: int) -> tuple[str, list[tuple[str, float]]]:
     """One JSONL line -> (qid, [(pid, score)]), with errors located by line and field."""
-    import json
-
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
