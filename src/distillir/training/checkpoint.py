@@ -1,0 +1,149 @@
+"""Training checkpoints: everything needed to continue a killed run exactly where it stopped.
+
+A checkpoint is a directory `output_dir/checkpoints/step-N` holding
+
+* `model.pt` - the model's state_dict (torch.save: tied/shared tensors survive, unlike safetensors),
+* `optimizer.pt`, `scheduler.pt` - their state_dicts,
+* `rng.pt` - the Python, NumPy, torch CPU and CUDA generator states of every process (dropout and any
+  random choice made while collating depend on them, so restoring them makes resumed steps identical),
+* `trainer_state.json` - step, epoch, position in the epoch and bookkeeping, readable by people,
+
+plus whatever recipe callbacks add through `on_save`. It is written with `atomic_dir`, so a directory
+named `step-N` is always complete; half-written ones keep a hidden temporary name and are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distillir.errors import InputError
+from distillir.utils.io import atomic_dir
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints as (step, directory), oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (None keeps all); returns what was deleted."""
+    if keep is None:
+        return []
+    found = list_checkpoints(output_dir)
+    doomed = [path for _, path in found[: max(len(found) - max(keep, 0), 0)]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ------------------------------------------------------------------------------------------- RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's generator states, as plain lists and tensors (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+# ----------------------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_state: dict[str, Any],
+    rng_states: list[dict[str, Any]],
+    trainer_state: dict[str, Any],
+    extra=None,
+) -> Path:
+    """Write one checkpoint atomically. `extra(tmp_dir)` may add files before the directory is published."""
+    with atomic_dir(path) as tmp:
+        torch.save(model_state, tmp / MODEL_FILE)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        torch.save(scheduler_state, tmp / SCHEDULER_FILE)
+        torch.save(rng_states, tmp / RNG_FILE)
+        if extra is not None:
+            extra(tmp)
+        # Written last: list_checkpoints only counts directories that have it.
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The parts of a checkpoint: model, optimizer, scheduler, rng (list per process), state."""
+    path = Path(path)
+    missing = [name for name in (MODEL_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, STATE_FILE)
+               if not (path / name).is_file()]
+    if missing:
+        raise InputError(path, f"incomplete checkpoint: missing {', '.join(missing)}")
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path / STATE_FILE, f"invalid JSON: {e.msg}", line=e.lineno) from None
+    return {
+        "model": torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True),
+        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        "scheduler": torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True),
+        "rng": torch.load(path / RNG_FILE, map_location="cpu", weights_only=True),
+        "state": state,
+    }
