@@ -1,0 +1,42 @@
+"""Teachers: relevance scores T(q, p) that retrievers are distilled from.
+
+- `scores`: the one JSONL format for teacher scores (read/write, validation) and `score_with_reader`.
+- `attention`: FiD cross-attention aggregations (Izacard & Grave, 2021; Atlas' ADist).
+- `likelihood`: per-passage answer likelihood (Atlas' PDist) and leave-one-out (LOOP).
+
+Only the file format is imported eagerly; the torch-based modules load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from distillir.teachers.scores import TeacherScores, read_teacher_scores, score_with_reader, write_teacher_scores
+
+_LAZY = {
+    "AGGREGATIONS": "attention",
+    "Aggregation": "attention",
+    "AttentionUnavailableError": "attention",
+    "aggregate_cross_attention": "attention",
+    "answer_log_likelihood": "likelihood",
+    "leave_one_out_scores": "likelihood",
+}
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "AttentionUnavailableError",
+    "TeacherScores",
+    "aggregate_cross_attention",
+    "answer_log_likelihood",
+    "leave_one_out_scores",
+    "read_teacher_scores",
+    "score_with_reader",
+    "write_teacher_scores",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"distillir.teachers.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'distillir.teachers' has no attribute {name!r}")

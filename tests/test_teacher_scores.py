@@ -1,0 +1,248 @@
+"""The teacher-score JSONL format (round trip, every bad-input error) and scoring with a FiD reader
+(training-forward scores = score_with_reader scores; PDist and LOOP against direct reads)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from distillir.errors import ConfigError, InputError
+from distillir.readers import FiDReader
+from distillir.teachers import TeacherScores, read_teacher_scores, score_with_reader, write_teacher_scores
+from distillir.teachers.likelihood import answer_log_likelihood, leave_one_out_scores
+
+EXAMPLES = [
+    {
+        "id": "q1",
+        "question": "What is the capital of France?",
+        "answers": ["Paris"],
+        "ctxs": [
+            {"id": "p1", "title": "Paris", "text": "Paris is the capital and largest city of France."},
+            {"id": "p3", "title": "Berlin", "text": "Berlin is the capital of Germany."},
+        ],
+    },
+    {
+        "id": "q2",
+        "question": "When was the Eiffel Tower completed?",
+        "answers": ["1889"],
+        "ctxs": [
+            {
+                "id": "p2",
+                "title": "Eiffel Tower",
+                "text": "The Eiffel Tower was completed in 1889 for the World's Fair.",
+            },
+            {"id": "p5", "title": "Mitochondrion", "text": "The mitochondria is the powerhouse of the cell."},
+            {"id": "p4", "title": "Photosynthesis", "text": "Plants convert light energy into chemical energy."},
+        ],
+    },
+    {
+        "id": "q3",
+        "question": "What do plants use light for?",
+        "answers": ["chemical energy"],
+        "ctxs": [{"id": "p4", "title": "Photosynthesis", "text": "Plants convert light energy into chemical energy."}],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def reader(minilm_path):
+    torch.manual_seed(0)
+    return FiDReader.from_config(
+        minilm_path,
+        d_model=32,
+        num_layers=2,
+        num_heads=2,
+        d_ff=64,
+        d_kv=16,
+        dropout_rate=0.0,
+        settings={"n_passages": 3, "passage_max_length": 32},
+    )
+
+
+# ---- the file format ----------------------------------------------------------------------------
+
+
+def sample_scores() -> TeacherScores:
+    scores = TeacherScores("fid-attention:fid")
+    scores.add("q1", ["p1", "p3"], [0.25, -1.5], query="What is the capital of France?", answers=["Paris"])
+    scores.add("q2", ["p2"], [3.0])
+    return scores
+
+
+def test_round_trip(tmp_path, tiny_corpus):
+    path = tmp_path / "teacher.jsonl"
+    write_teacher_scores(path, sample_scores())
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first == {
+        "qid": "q1",
+        "query": "What is the capital of France?",
+        "pids": ["p1", "p3"],
+        "scores": [0.25, -1.5],
+        "teacher": "fid-attention:fid",
+        "answers": ["Paris"],
+    }
+    loaded = read_teacher_scores(path, corpus=tiny_corpus)
+    assert loaded.teacher == "fid-attention:fid" and list(loaded) == ["q1", "q2"]
+    assert loaded["q1"] == (["p1", "p3"], [0.25, -1.5]) and loaded["q2"] == (["p2"], [3.0])
+    assert loaded.queries == {"q1": "What is the capital of France?"} and loaded.answers == {"q1": ["Paris"]}
+    assert dict(loaded.to_run()["q1"]) == {"p1": 0.25, "p3": -1.5}
+    assert list(loaded.subset(["q2"])) == ["q2"]
+
+
+def test_minimal_lines_from_elsewhere_are_accepted(tmp_path):
+    path = tmp_path / "external.jsonl"
+    path.write_text('{"qid": 7, "pids": [1, "b"], "scores": [1, 2.5]}\n\n')
+    loaded = read_teacher_scores(path)
+    assert loaded.teacher == "unknown" and loaded["7"] == (["1", "b"], [1.0, 2.5])
+
+
+BAD_LINES = [
+    ('{"qid": "q1", "pids": ["p1"], "scores": [1.0]', None, "invalid JSON"),
+    ('["q1", ["p1"], [1.0]]', None, "JSON object"),
+    ('{"pids": ["p1"], "scores": [1.0]}', "qid", "missing"),
+    ('{"qid": "q1", "scores": [1.0]}', "pids", "missing"),
+    ('{"qid": "q1", "pids": ["p1"]}', "scores", "missing"),
+    ('{"qid": ["q1"], "pids": ["p1"], "scores": [1.0]}', "qid", "string id"),
+    ('{"qid": "q1", "pids": "p1", "scores": [1.0]}', "pids", "list"),
+    ('{"qid": "q1", "pids": ["p1", null], "scores": [1.0, 2.0]}', "pids", "string id"),
+    ('{"qid": "q1", "pids": ["p1", "p1"], "scores": [1.0, 2.0]}', "pids", "appears twice"),
+    ('{"qid": "q1", "pids": ["p1", "p2"], "scores": [1.0]}', "scores", "1 scores for 2 pids"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": ["high"]}', "scores", "numbers"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [true]}', "scores", "numbers"),
+    ('{"qid": "q1", "pids": ["p1", "p2"], "scores": [1.0, NaN]}', "scores", "not finite"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [Infinity]}', "scores", "not finite"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [1e999]}', "scores", "not finite"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [1.0], "teacher": 3}', "teacher", "string"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [1.0], "query": 3}', "query", "string"),
+    ('{"qid": "q1", "pids": ["p1"], "scores": [1.0], "answers": [1]}', "answers", "list of strings"),
+]
+
+
+@pytest.mark.parametrize("line,field,message", BAD_LINES)
+def test_bad_lines_name_file_line_and_field(tmp_path, line, field, message):
+    path = tmp_path / "teacher.jsonl"
+    path.write_text('{"qid": "q0", "pids": ["p1"], "scores": [0.5]}\n' + line + "\n")
+    with pytest.raises(InputError, match=message) as info:
+        read_teacher_scores(path)
+    assert info.value.path == str(path) and info.value.line == 2 and info.value.field == field
+
+
+def test_file_level_errors(tmp_path, tiny_corpus):
+    path = tmp_path / "teacher.jsonl"
+    good = '{"qid": "q1", "pids": ["p1", "p2"], "scores": [0.5, 0.1], "teacher": "a"}\n'
+    path.write_text(good + '{"qid": "q2", "pids": ["p1"], "scores": [0.5]}\n' + good)
+    with pytest.raises(InputError, match="duplicate qid 'q1' \\(first on line 1\\)") as info:
+        read_teacher_scores(path)
+    assert info.value.line == 3 and info.value.field == "qid"
+
+    path.write_text(good.replace('"teacher": "a"', '"teacher": "a"').replace("q1", "qa") + good.replace('"a"', '"b"'))
+    with pytest.raises(InputError, match="one file holds one teacher") as info:
+        read_teacher_scores(path)
+    assert info.value.line == 2 and info.value.field == "teacher"
+
+    path.write_text(good.replace('"p2"', '"nope"'))
+    read_teacher_scores(path)  # no corpus, no check
+    with pytest.raises(InputError, match="not in the corpus: 'nope'") as info:
+        read_teacher_scores(path, corpus=tiny_corpus)
+    assert info.value.line == 1 and info.value.field == "pids"
+
+    path.write_text("\n")
+    with pytest.raises(InputError, match="no teacher scores"):
+        read_teacher_scores(path)
+    with pytest.raises(InputError, match="not found"):
+        read_teacher_scores(tmp_path / "missing.jsonl")
+
+
+def test_in_memory_container_checks():
+    scores = sample_scores()
+    with pytest.raises(ValueError, match="already"):
+        scores.add("q1", ["p1"], [1.0])
+    with pytest.raises(ValueError, match="not finite"):
+        scores.add("q9", ["p1"], [math.inf])
+    with pytest.raises(ValueError, match="pair up"):
+        scores.add("q9", ["p1"], [])
+
+
+def test_write_is_atomic(tmp_path):
+    path = tmp_path / "teacher.jsonl"
+    write_teacher_scores(path, sample_scores())
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher.jsonl"]
+
+
+# ---- scoring with a reader ----------------------------------------------------------------------
+
+
+def test_training_forward_scores_equal_score_with_reader(reader, tmp_path):
+    # The training pass (train mode, loss and scores from one forward, batch of 2)...
+    reader.train()
+    batch = reader.collator()(EXAMPLES[:2])
+    out = reader(**batch.model_inputs(), teacher="fid")
+    out.loss.backward()
+    reader.zero_grad()
+    # ...gives the scores that scoring (eval mode, no gradient, other batching) writes to file.
+    scored = score_with_reader(reader, EXAMPLES, "fid", batch_size=3)
+    assert reader.training  # mode restored
+    assert scored.teacher == "fid-attention:fid" and list(scored) == ["q1", "q2", "q3"]
+    for i, qid in enumerate(["q1", "q2"]):
+        pids, values = scored[qid]
+        assert pids == batch.pids[i]
+        assert torch.allclose(torch.tensor(values), out.teacher_scores[i, : len(pids)], atol=1e-5)
+    assert scored["q3"][0] == ["p4"] and scored.queries["q3"] == "What do plants use light for?"
+    path = tmp_path / "scores.jsonl"
+    scored.write(path)
+    assert dict(read_teacher_scores(path)) == dict(scored)
+
+
+def test_score_with_reader_from_file_for_each_aggregation(reader, tmp_path):
+    path = tmp_path / "ctxs.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    no_answers = [{**e, "answers": None} for e in EXAMPLES]
+    assert len(score_with_reader(reader, no_answers, "max")) == 3  # first-token scoring needs no answers
+    for name, teacher in [
+        ("post_softmax", "fid-attention:post_softmax"),
+        ("all_tokens", "fid-attention:all_tokens"),
+        ("adist", "fid-attention:adist"),
+        ("pdist", "fid-pdist"),
+        ("loop", "fid-loop"),
+    ]:
+        scored = score_with_reader(reader, path, name, batch_size=2)
+        assert scored.teacher == teacher and [len(scored[q][0]) for q in scored] == [2, 3, 1]
+    assert score_with_reader(reader, EXAMPLES, "fid", layers=[-1]).teacher == "fid-attention:fid@layers=-1"
+    with pytest.raises(InputError, match="has no answers"):
+        score_with_reader(reader, no_answers, "pdist")
+    with pytest.raises(ConfigError, match="layers"):
+        score_with_reader(reader, EXAMPLES, "loop", layers=[0])
+
+
+def _single_passage_loss(reader, example, ctxs) -> float:
+    batch = reader.collator(n_passages=len(ctxs))([{**example, "ctxs": ctxs}])
+    return reader(**batch.model_inputs()).loss.item()
+
+
+def test_pdist_equals_reading_each_passage_alone(reader):
+    reader.eval()
+    example = EXAMPLES[1]
+    batch = reader.collator()([EXAMPLES[0], example])
+    mean_scores = answer_log_likelihood(reader, batch, chunk_size=2)
+    assert mean_scores[0, 2].item() == -math.inf
+    for k, ctx in enumerate(example["ctxs"]):
+        # Mean token loss with only passage k in context = - mean log-likelihood.
+        assert mean_scores[1, k].item() == pytest.approx(-_single_passage_loss(reader, example, [ctx]), abs=1e-4)
+    n_tokens = (batch.labels[1] != -100).sum().item()
+    sum_scores = answer_log_likelihood(reader, batch, normalize="sum")
+    assert torch.allclose(sum_scores[1], mean_scores[1] * n_tokens, atol=1e-4)
+
+
+def test_loop_is_the_loss_increase_without_the_passage(reader):
+    reader.eval()
+    example = EXAMPLES[1]
+    batch = reader.collator()([example, EXAMPLES[2]])
+    scores = leave_one_out_scores(reader, batch, chunk_size=2)
+    full = _single_passage_loss(reader, example, example["ctxs"])
+    for k in range(3):
+        rest = [c for j, c in enumerate(example["ctxs"]) if j != k]
+        assert scores[0, k].item() == pytest.approx(_single_passage_loss(reader, example, rest) - full, abs=1e-4)
+    assert scores[1].tolist()[0] == 0.0 and scores[1, 1].item() == -math.inf  # a lone passage; absent slots
