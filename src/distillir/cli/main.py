@@ -7,7 +7,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -62,9 +62,9 @@ def index(
     ] = "sentence-transformers/all-MiniLM-L6-v2",
     index_type: Annotated[IndexKind, typer.Option("--index", help="Dense search: exact (torch matmul), or FAISS flat / hnsw / ivfpq.")] = IndexKind.exact,
     batch_size: Annotated[int, typer.Option(help="Dense encoding batch size.")] = 64,
-    passage_max_length: Annotated[Optional[int], typer.Option(help="Dense: passage max tokens (default: the encoder's setting).")] = None,
+    passage_max_length: Annotated[int | None, typer.Option(help="Dense: passage max tokens (default: the encoder's setting).")] = None,
     dtype: Annotated[str, typer.Option(help="Dense encoding precision: float32, bfloat16 (fast on CPUs with AMX/avx512_bf16), float16 (GPU).")] = "float32",
-    quantize: Annotated[Optional[str], typer.Option(help="Dense on CPU: 'int8' dynamic quantisation for faster encoding.")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Dense on CPU: 'int8' dynamic quantisation for faster encoding.")] = None,
     k1: Annotated[float, typer.Option(help="BM25 k1.")] = 0.9,
     b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
     fusion: Annotated[Fusion, typer.Option(help="Hybrid: reciprocal-rank fusion or normalised score interpolation.")] = Fusion.rrf,
@@ -111,8 +111,8 @@ def search(
     queries: QueriesArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run file: .trec (TREC run format) or .jsonl (with passage texts; needs --corpus).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Passages per query.")] = 100,
-    corpus: Annotated[Optional[str], typer.Option(help="Corpus, to write texts (.jsonl) and to check the index was built from it.")] = None,
-    qrels: Annotated[Optional[str], typer.Option(help="Search only the queries that appear in these qrels.")] = None,
+    corpus: Annotated[str | None, typer.Option(help="Corpus, to write texts (.jsonl) and to check the index was built from it.")] = None,
+    qrels: Annotated[str | None, typer.Option(help="Search only the queries that appear in these qrels.")] = None,
 ) -> None:
     """Search an index; write a TREC run or a JSONL run with passage texts (what readers consume)."""
     from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
@@ -135,9 +135,9 @@ def search(
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run: TREC run file or distillir JSONL.")],
-    qrels: Annotated[Optional[str], typer.Option(help="Qrels (BEIR .tsv or TREC) or NAME[:SPLIT]: nDCG@10, MRR@10, R@k, MAP.")] = None,
-    answers: Annotated[Optional[str], typer.Option(help="QA .jsonl with answers: answer-string recall@k (needs --corpus).")] = None,
-    corpus: Annotated[Optional[str], typer.Option(help="Corpus, for answer recall.")] = None,
+    qrels: Annotated[str | None, typer.Option(help="Qrels (BEIR .tsv or TREC) or NAME[:SPLIT]: nDCG@10, MRR@10, R@k, MAP.")] = None,
+    answers: Annotated[str | None, typer.Option(help="QA .jsonl with answers: answer-string recall@k (needs --corpus).")] = None,
+    corpus: Annotated[str | None, typer.Option(help="Corpus, for answer recall.")] = None,
     k: Annotated[str, typer.Option(help="Cut-offs for recall, comma-separated.")] = "1,5,20,100",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -197,9 +197,9 @@ def rerank(
 @app.command()
 def train(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see `distillir recipes`).")],
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config for the recipe.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config for the recipe.")] = None,
     overrides: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a config key: --set trainer.max_steps=100 (repeatable).")
+        list[str] | None, typer.Option("--set", help="Override a config key: --set trainer.max_steps=100 (repeatable).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output directory.")] = False,
 ) -> None:
@@ -231,7 +231,7 @@ def demo(
     dataset: Annotated[str, typer.Option(help="Dataset name or directory (BEIR layout or squad-open layout).")] = "scifact",
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
     model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = "sentence-transformers/all-MiniLM-L6-v2",
-    max_queries: Annotated[Optional[int], typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
     top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
 ) -> None:
     """The main job: BM25, the dense encoder and their RRF hybrid on a real dataset, side by side."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from distillir.data.types import Corpus, Dataset, Queries
 from distillir.errors import ConfigError, InputError
-from distillir.utils.io import atomic_write
+from distillir.utils.io import atomic_write, iter_jsonl_objects
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
@@ -158,39 +158,28 @@ def write_training_lists(path: str | Path, examples: Iterable[TrainingExample]) 
 def read_training_lists(path: str | Path, corpus: Corpus | None = None) -> list[TrainingExample]:
     """Read lists written by `write_training_lists` (or by hand). With `corpus`, every passage id must be in it."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "training lists file not found")
     examples = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"invalid JSON ({e.msg})", line=lineno) from None
-            if not isinstance(row, dict):
-                raise InputError(path, f"expected a JSON object, got {type(row).__name__}", line=lineno)
-            qid = _field(path, lineno, row, "qid", (str, int))
-            query = _field(path, lineno, row, "query", (str,))
-            pos = _id_list(path, lineno, row, "positives", required=True)
-            neg = _id_list(path, lineno, row, "negatives", required=False)
-            qid = str(qid)
-            if qid in seen:
-                raise InputError(path, f"query id {qid!r} repeats line {seen[qid]}", line=lineno, field="qid")
-            seen[qid] = lineno
-            if not pos:
-                raise InputError(path, "a training query needs at least one positive", line=lineno, field="positives")
-            if corpus is not None:
-                for name, ids in (("positives", pos), ("negatives", neg)):
-                    unknown = [pid for pid in ids if pid not in corpus]
-                    if unknown:
-                        raise InputError(
-                            path, f"passage id {unknown[0]!r} is not in the corpus ({corpus.source})",
-                            line=lineno, field=name,
-                        )
-            examples.append(TrainingExample(qid, query, pos, neg))
+    for lineno, row in iter_jsonl_objects(path, "training lists file"):
+        qid = _field(path, lineno, row, "qid", (str, int))
+        query = _field(path, lineno, row, "query", (str,))
+        pos = _id_list(path, lineno, row, "positives", required=True)
+        neg = _id_list(path, lineno, row, "negatives", required=False)
+        qid = str(qid)
+        if qid in seen:
+            raise InputError(path, f"query id {qid!r} repeats line {seen[qid]}", line=lineno, field="qid")
+        seen[qid] = lineno
+        if not pos:
+            raise InputError(path, "a training query needs at least one positive", line=lineno, field="positives")
+        if corpus is not None:
+            for name, ids in (("positives", pos), ("negatives", neg)):
+                unknown = [pid for pid in ids if pid not in corpus]
+                if unknown:
+                    raise InputError(
+                        path, f"passage id {unknown[0]!r} is not in the corpus ({corpus.source})",
+                        line=lineno, field=name,
+                    )
+        examples.append(TrainingExample(qid, query, pos, neg))
     if not examples:
         raise InputError(path, "no training examples in the file")
     return examples

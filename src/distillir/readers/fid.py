@@ -34,7 +34,7 @@ from distillir.teachers.attention import (
     logits_from_probabilities,
     resolve_aggregation,
 )
-from distillir.utils.io import atomic_dir, write_json
+from distillir.utils.io import atomic_dir, iter_jsonl_objects, write_json
 
 DEFAULT_TEMPLATE = "question: {question} title: {title} context: {text}"
 SETTINGS_FILE = "fid_reader.json"
@@ -217,25 +217,14 @@ class FiDCollator:
 def load_fid_examples(path: str | Path) -> list[dict]:
     """Read reader examples from the ctxs JSONL that `Run.write_jsonl` writes (one question per line)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "reader examples file not found")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"invalid JSON: {e.msg}", line=lineno) from None
-            if not isinstance(row, dict):
-                raise InputError(path, "each line must be a JSON object", line=lineno)
-            if not isinstance(row.get("question"), str):
-                raise InputError(path, "missing or non-string question", line=lineno, field="question")
-            ctxs = row.get("ctxs")
-            if not isinstance(ctxs, list) or not all(isinstance(c, dict) and "text" in c for c in ctxs):
-                raise InputError(path, "ctxs must be a list of objects with a 'text'", line=lineno, field="ctxs")
-            examples.append(row)
+    for lineno, row in iter_jsonl_objects(path, "reader examples file"):
+        if not isinstance(row.get("question"), str):
+            raise InputError(path, "missing or non-string question", line=lineno, field="question")
+        ctxs = row.get("ctxs")
+        if not isinstance(ctxs, list) or not all(isinstance(c, dict) and "text" in c for c in ctxs):
+            raise InputError(path, "ctxs must be a list of objects with a 'text'", line=lineno, field="ctxs")
+        examples.append(row)
     if not examples:
         raise InputError(path, "no examples in file")
     return examples

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from distillir.errors import ConfigError, InputError
-from distillir.utils.io import atomic_write
+from distillir.utils.io import atomic_write, iter_jsonl_objects
 
 UNKNOWN_TEACHER = "unknown"
 
@@ -135,72 +135,61 @@ def read_teacher_scores(path: str | Path, corpus=None) -> TeacherScores:
     Every problem raises `InputError` naming the file, line and field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "teacher scores file not found")
     out: TeacherScores | None = None
     named_on: int | None = None  # line that first named the teacher
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from None
-            if not isinstance(row, dict):
-                raise InputError(path, "each line must be a JSON object", line=lineno)
-            for name in ("qid", "pids", "scores"):
-                if name not in row:
-                    raise InputError(path, "missing required field", line=lineno, field=name)
-            qid = _id(row["qid"], path, lineno, "qid")
-            if qid in first_line:
-                raise InputError(
-                    path, f"duplicate qid {qid!r} (first on line {first_line[qid]})", line=lineno, field="qid"
+    for lineno, row in iter_jsonl_objects(path, "teacher scores file"):
+        for name in ("qid", "pids", "scores"):
+            if name not in row:
+                raise InputError(path, "missing required field", line=lineno, field=name)
+        qid = _id(row["qid"], path, lineno, "qid")
+        if qid in first_line:
+            raise InputError(
+                path, f"duplicate qid {qid!r} (first on line {first_line[qid]})", line=lineno, field="qid"
+            )
+        if not isinstance(row["pids"], list):
+            raise InputError(path, "pids must be a list of passage ids", line=lineno, field="pids")
+        pids = [_id(p, path, lineno, "pids") for p in row["pids"]]
+        raw = row["scores"]
+        if not isinstance(raw, list) or any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in raw):
+            raise InputError(path, "scores must be a list of numbers", line=lineno, field="scores")
+        scores = [float(s) for s in raw]
+        problem = _row_problem(pids, scores)
+        if problem:
+            raise InputError(path, problem[1], line=lineno, field=problem[0])
+        if corpus is not None:
+            unknown = [p for p in pids if p not in corpus]
+            if unknown:
+                shown = ", ".join(repr(p) for p in unknown[:3]) + (
+                    f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
                 )
-            if not isinstance(row["pids"], list):
-                raise InputError(path, "pids must be a list of passage ids", line=lineno, field="pids")
-            pids = [_id(p, path, lineno, "pids") for p in row["pids"]]
-            raw = row["scores"]
-            if not isinstance(raw, list) or any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in raw):
-                raise InputError(path, "scores must be a list of numbers", line=lineno, field="scores")
-            scores = [float(s) for s in raw]
-            problem = _row_problem(pids, scores)
-            if problem:
-                raise InputError(path, problem[1], line=lineno, field=problem[0])
-            if corpus is not None:
-                unknown = [p for p in pids if p not in corpus]
-                if unknown:
-                    shown = ", ".join(repr(p) for p in unknown[:3]) + (
-                        f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
-                    )
-                    raise InputError(path, f"passage ids not in the corpus: {shown}", line=lineno, field="pids")
-            teacher = row.get("teacher")
-            if teacher is not None and not isinstance(teacher, str):
-                raise InputError(path, "teacher must be a string", line=lineno, field="teacher")
-            if out is None:
-                out = TeacherScores()
-            if teacher is not None:
-                # Lines may omit the teacher; the ones that name it must agree.
-                if named_on is not None and teacher != out.teacher:
-                    raise InputError(
-                        path,
-                        f"teacher {teacher!r} differs from {out.teacher!r} (line {named_on}); one file holds one teacher",
-                        line=lineno,
-                        field="teacher",
-                    )
-                if named_on is None:
-                    out.teacher, named_on = teacher, lineno
-            query = row.get("query")
-            if query is not None and not isinstance(query, str):
-                raise InputError(path, "query must be a string", line=lineno, field="query")
-            answers = row.get("answers")
-            if isinstance(answers, str):
-                answers = [answers]
-            if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
-                raise InputError(path, "answers must be a list of strings", line=lineno, field="answers")
-            out.add(qid, pids, scores, query=query, answers=answers)
-            first_line[qid] = lineno
+                raise InputError(path, f"passage ids not in the corpus: {shown}", line=lineno, field="pids")
+        teacher = row.get("teacher")
+        if teacher is not None and not isinstance(teacher, str):
+            raise InputError(path, "teacher must be a string", line=lineno, field="teacher")
+        if out is None:
+            out = TeacherScores()
+        if teacher is not None:
+            # Lines may omit the teacher; the ones that name it must agree.
+            if named_on is not None and teacher != out.teacher:
+                raise InputError(
+                    path,
+                    f"teacher {teacher!r} differs from {out.teacher!r} (line {named_on}); one file holds one teacher",
+                    line=lineno,
+                    field="teacher",
+                )
+            if named_on is None:
+                out.teacher, named_on = teacher, lineno
+        query = row.get("query")
+        if query is not None and not isinstance(query, str):
+            raise InputError(path, "query must be a string", line=lineno, field="query")
+        answers = row.get("answers")
+        if isinstance(answers, str):
+            answers = [answers]
+        if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
+            raise InputError(path, "answers must be a list of strings", line=lineno, field="answers")
+        out.add(qid, pids, scores, query=query, answers=answers)
+        first_line[qid] = lineno
     if out is None:
         raise InputError(path, "no teacher scores in file")
     return out

@@ -104,3 +104,24 @@ def cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "distillir"
     )
     return Path(root)
+
+
+def iter_jsonl_objects(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a missing file, bad JSON or a
+    non-object line raises InputError naming the file and line."""
+    from distillir.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from None
+            if not isinstance(row, dict):
+                raise InputError(path, f"expected a JSON object per line, got {type(row).__name__}", line=lineno)
+            yield lineno, row
