@@ -1,0 +1,282 @@
+"""The FiD-KD recipe on a handmade squad-open-layout dataset with the tiny BERT as reader and retriever:
+two rounds end to end, exact resume of an interrupted round, and distillation from a fixed score file
+raising the retriever's agreement with the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distillir.errors import ConfigError
+from distillir.recipes import RECIPES, get_recipe
+from distillir.recipes.fid_kd import (
+    STAGES,
+    FiDKDConfig,
+    FiDKDRecipe,
+    ListCollator,
+    build_student,
+    list_examples,
+    list_scores,
+    teacher_agreement,
+)
+from distillir.training.checkpoint import list_checkpoints
+from distillir.training.config import load_config
+from distillir.training.trainer import TrainerCallback
+
+REPO = Path(__file__).resolve().parents[1]
+
+FACTS = [  # topic, discoverer, year
+    ("volcano", "Alvarez", "1871"), ("glacier", "Bertrand", "1902"), ("protein", "Castillo", "1838"),
+    ("galaxy", "Dubois", "1924"), ("bacteria", "Eriksen", "1676"), ("comet", "Fontaine", "1758"),
+]
+
+
+def make_dataset(root: Path) -> Path:
+    """squad-open layout: corpus.tsv (12 passages), train.jsonl (8 questions, answers only: no gold passage,
+    no qrels) and dev.jsonl (4 questions with gold_pid, for evaluation)."""
+    root.mkdir(parents=True)
+    rows = ["id\ttext\ttitle"]
+    for i, (topic, name, year) in enumerate(FACTS):
+        rows.append(f"p{i}a\tThe first {topic} survey was led by {name} in {year}.\t{topic.title()}")
+        rows.append(f"p{i}b\tMany people find the {topic} beautiful to look at.\t{topic.title()} culture")
+    (root / "corpus.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    train, dev = [], []
+    for i, (topic, name, year) in enumerate(FACTS):
+        # Two answers each: the reader's target is drawn at random, so its RNG must survive a resume.
+        train.append({"id": f"t{i}", "question": f"Who led the first {topic} survey?",
+                      "answers": [name, f"Dr. {name}"]})
+        if i < 2:
+            train.append({"id": f"t{i}y", "question": f"In which year was the {topic} survey?",
+                          "answers": [year, f"in {year}"]})
+        if i >= 2:
+            dev.append({"id": f"d{i}", "question": f"When was the first {topic} survey led?", "answers": [year],
+                        "gold_pid": f"p{i}a"})
+    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models here are tiny: one intra-op thread is as fast, and far faster on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        base = tmp_path_factory.mktemp("fidkd")
+        mp.setenv("DISTILLIR_CACHE", str(base / "cache"))
+        yield base, make_dataset(base / "qa")
+
+
+def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> FiDKDConfig:
+    return load_config(FiDKDConfig, None, [
+        f"output_dir={out}", f"dataset={data}", "seed=5", "rounds=2", "n_passages=4", "max_train_queries=null",
+        "reader.init=encoder-decoder", f"reader.model={bert}", "reader.passage_max_length=32",
+        "reader.answer_max_length=4", "reader.batch_size=4",
+        "reader.trainer={per_device_batch_size: 2, max_steps: 2, learning_rate: 1.0e-3, save_steps: 1, log_steps: 1}",
+        f"retriever.model={bert}", "retriever.normalize=true", "retriever.query_max_length=16",
+        "retriever.passage_max_length=32", "retriever.agreement_sample=8",
+        "retriever.trainer={per_device_batch_size: 2, max_steps: 4, learning_rate: 1.0e-3, save_steps: 2, log_steps: 1}",
+        "encode.batch_size=16", f"eval.dataset={data}", "eval.split=dev", "eval.max_queries=null", "eval.top_k=5",
+        *extra,
+    ])
+
+
+class KillAt(TrainerCallback):
+    """Raise at `step` of the trainer whose output dir ends with `where` (e.g. round-2/retriever)."""
+
+    def __init__(self, where: str, step: int):
+        self.where, self.step = where, step
+
+    def on_step_end(self, trainer):
+        if trainer.output_dir.as_posix().endswith(self.where) and trainer.state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(env, tiny_bert_dir):
+    base, data = env
+    out = base / "reference"
+    stages: list[tuple[int, str, bool]] = []
+    results = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"]))).run(
+        tiny_config(tiny_bert_dir, data, out))
+    return out, results, stages
+
+
+def test_two_rounds_end_to_end(reference, env):
+    from distillir.readers.fid import FiDReader, load_fid_examples
+    from distillir.retrievers.dense.encoder import BiEncoder
+    from distillir.retrievers.dense.retriever import DenseRetriever
+    from distillir.teachers import read_teacher_scores
+
+    out, results, stages = reference
+    _, data = env
+    assert stages == [(k, s, False) for k in (1, 2) for s in STAGES]
+    assert results["complete"] and len(results["rounds"]) == 2
+    assert results["train_questions"] == 8 and results["eval_questions"] == 4
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    from distillir.data.loaders import load_corpus
+
+    corpus = load_corpus(data)
+    for k in (1, 2):
+        rd = out / f"round-{k}"
+        assert {p.stem for p in (rd / "stages").glob("*.json")} == set(STAGES)
+        examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
+        assert len(examples) == 8 and all(len(ex["ctxs"]) == 4 for ex in examples)
+        assert (rd / "retrieve" / "train.trec").is_file() and (rd / "retrieve" / "eval.trec").is_file()
+        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl", corpus=corpus)
+        assert scores.teacher == "fid-attention:fid" and len(scores) == 8
+        assert all(pids == [c["id"] for c in ex["ctxs"]] for ex, (pids, _) in zip(examples, scores.values()))
+        assert FiDReader.from_pretrained(rd / "reader" / "final").n_passages == 4
+        assert BiEncoder.from_pretrained(rd / "retriever" / "final").settings.scale == 20.0
+        DenseRetriever.load(rd / "index", corpus=corpus)  # the re-embedded corpus, with its encoder
+        predictions = json.loads((rd / "reader" / "predictions.json").read_text())
+        assert set(predictions) == {"d2", "d3", "d4", "d5"}
+        metrics = json.loads((rd / "metrics.json").read_text())
+        assert metrics == json.loads(json.dumps(results["rounds"][k - 1]))
+        assert set(metrics["wall_s"]) == {*STAGES, "round"}
+        assert {"Top-1", "Top-5", "MRR@10", "R@5"} <= set(metrics["index"]["metrics"])
+        assert {"EM", "F1"} <= set(metrics["reader_eval"]["metrics"])
+        assert metrics["retriever"]["agreement_before"]["lists"] == 8
+        assert metrics["reader"]["train"]["global_step"] == 2 and metrics["retriever"]["train"]["global_step"] == 4
+    # round 1 starts from BM25; round 2 retrieves with round 1's distilled retriever and continues its reader
+    assert results["rounds"][0]["retrieve"]["retriever"] == "bm25"
+    assert results["rounds"][1]["retrieve"]["retriever"] == "round-1 retriever"
+    assert results["rounds"][1]["retrieve"]["metrics"] == results["rounds"][0]["index"]["metrics"]
+    assert results["rounds"][1]["reader"]["warm_start"].endswith("round-1/reader/final")
+    assert results["metrics"] == results["rounds"][1]["index"]["metrics"]
+
+
+def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert_dir):
+    base, data = env
+    ref_out, ref_results, _ = reference
+    out = base / "killed"
+    with pytest.raises(KeyboardInterrupt):  # killed in round 2's reader training, after its step-1 checkpoint
+        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out), callbacks=[KillAt("round-2/reader", 2)])
+    assert [s for s, _ in list_checkpoints(out / "round-2" / "reader")] == [1]
+    assert not (out / "round-2" / "stages" / "reader.json").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out))
+
+    stages: list[tuple[int, str, bool]] = []
+    hook = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"])))
+    with pytest.raises(KeyboardInterrupt):  # resumed, then killed again in round 2's retriever training
+        hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"), callbacks=[KillAt("round-2/retriever", 3)])
+    assert stages == [(1, s, True) for s in STAGES] + [(2, "retrieve", True), (2, "reader", False),
+                                                       (2, "reader_eval", False), (2, "teacher", False)]
+    assert json.loads((out / "round-2" / "stages" / "reader.json").read_text())["train"]["resumed_from"].endswith(
+        "step-1")
+    assert [s for s, _ in list_checkpoints(out / "round-2" / "retriever")] == [2]
+
+    stages.clear()
+    results = hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"))
+    assert stages == [(k, s, not (k == 2 and s in ("retriever", "index"))) for k in (1, 2) for s in STAGES]
+    assert results["rounds"][1]["retriever"]["train"]["resumed_from"].endswith("step-2")
+
+    for k in (1, 2):
+        for model in ("retriever/final", "reader/final"):
+            a, b = weights(ref_out / f"round-{k}" / model), weights(out / f"round-{k}" / model)
+            assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), (k, model)
+        for name in ("teacher/scores.jsonl", "retrieve/train.trec", "eval/retriever.trec", "reader/predictions.json"):
+            assert (ref_out / f"round-{k}" / name).read_text() == (out / f"round-{k}" / name).read_text()
+    assert results["metrics"] == ref_results["metrics"]
+
+
+def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tmp_path):
+    """A score file from elsewhere: each question's list, the passage on its topic that names the answer
+    scored highest. ~20 KL steps bring the student's distribution over each list close to the teacher's."""
+    from distillir.data.loaders import load_corpus
+    from distillir.teachers import TeacherScores, read_teacher_scores
+
+    _, data = env
+    scores = TeacherScores("handmade")
+    for i, (topic, name, _) in enumerate(FACTS):
+        others = [f"p{(i + 1) % 6}a", f"p{(i + 2) % 6}b"]
+        scores.add(f"t{i}", [f"p{i}b", others[0], f"p{i}a", others[1]], [1.0, -1.0, 4.0, -2.0],
+                   query=f"Who led the first {topic} survey?", answers=[name])
+    path = tmp_path / "scores.jsonl"
+    scores.write(path)
+    config = tiny_config(tiny_bert_dir, data, tmp_path / "run", f"teacher_scores={path}", "rounds=1", "eval=null",
+                         "retriever.trainer={per_device_batch_size: 3, max_steps: 20, learning_rate: 2.0e-3, "
+                         "save_steps: 0, log_steps: 5}", "retriever.agreement_sample=0")
+    results = FiDKDRecipe().run(config)
+    assert list(results["rounds"][0]) == ["round", "retrieve", "retriever", "index", "wall_s"]  # no reader stages
+
+    corpus = load_corpus(data)
+    examples = list_examples(read_teacher_scores(path), corpus=corpus)
+    before = teacher_agreement(build_student(config.retriever), examples, corpus)
+    after = teacher_agreement(build_student(config.retriever, results["final_retriever"]), examples, corpus)
+    assert after["kl"] < 0.5 * before["kl"], (before, after)
+    assert after["spearman"] > before["spearman"] and after["top1"] == 1.0
+
+
+@pytest.mark.parametrize("loss", ["mse", "margin"])
+def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss):
+    _, data = env
+    ref_out, _, _ = reference
+    config = tiny_config(tiny_bert_dir, data, tmp_path / loss, f"retriever.loss={loss}", "rounds=1", "eval=null",
+                         f"teacher_scores={ref_out / 'round-1' / 'teacher' / 'scores.jsonl'}",
+                         "retriever.trainer={per_device_batch_size: 4, max_steps: 2, save_steps: 0}")
+    results = FiDKDRecipe().run(config)
+    summary = results["rounds"][0]["retriever"]
+    assert summary["loss"] == loss and summary["train"]["global_step"] == 2
+    assert summary["agreement_after"]["lists"] == 8 and torch.isfinite(torch.tensor(summary["train"]["loss"]))
+
+
+def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, tiny_bert_dir):
+    from distillir.data.loaders import load_corpus
+    from distillir.recipes.fid_kd import FiDKDRetriever, ListExample
+
+    _, data = env
+    corpus = load_corpus(data)
+    encoder = build_student(FiDKDRetriever(model=tiny_bert_dir, query_max_length=16, passage_max_length=32))
+    examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
+                ListExample("b", "which year", ["p3a"], [0.5])]
+    batch = ListCollator(encoder, corpus)(examples)
+    assert batch["passage"]["input_ids"].shape[0] == 6 and batch["mask"].tolist() == [[True] * 3, [True] + [False] * 2]
+    encoder.eval()
+    with torch.no_grad():
+        scores = list_scores(encoder, batch)
+        for i, ex in enumerate(examples):
+            q = encoder.encode_query(encoder.tokenize_queries([ex.query]))
+            p = encoder.encode_passage(encoder.tokenize_passages([corpus.titles[corpus.index_of[x]] for x in ex.pids],
+                                                                 [corpus.texts[corpus.index_of[x]] for x in ex.pids]))
+            assert torch.allclose(scores[i, : len(ex.pids)], encoder.similarity(q, p)[0], atol=1e-5)
+
+
+def test_teacher_targets():
+    from distillir.recipes.fid_kd import teacher_targets
+
+    assert teacher_targets([0.01, 0.03]) == [0.01, 0.03]  # the paper: raw scores
+    z = teacher_targets([0.01, 0.02, 0.03], "zscore", scale=2.0)
+    assert z == pytest.approx([-2 * 1.2247449, 0.0, 2 * 1.2247449], rel=1e-6)
+    assert teacher_targets([5.0], "zscore") == [0.0] and teacher_targets([1.0, 1.0], "zscore") == [0.0, 0.0]
+    with pytest.raises(ConfigError, match="normalization"):
+        teacher_targets([1.0], "minmax")
+
+
+def test_config_checks_and_shipped_configs():
+    assert get_recipe("fid-kd") is FiDKDRecipe and "fid-kd" in RECIPES
+    with pytest.raises(ConfigError, match="rounds: 1"):
+        load_config(FiDKDConfig, None, ["teacher_scores=x.jsonl", "rounds=2"])
+    with pytest.raises(ConfigError, match="aggregation"):
+        load_config(FiDKDConfig, None, ["teacher.aggregation=mean"])
+    cpu = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-squad-cpu.yaml")
+    gpu = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-gpu.yaml")
+    assert 10 <= cpu.n_passages <= 20 and cpu.reader.init == "encoder-decoder" and cpu.start == "bm25"
+    assert gpu.n_passages == 100 and gpu.reader.init == "pretrained" and gpu.reader.model == "t5-base"
+    assert gpu.reader.passage_max_length == 200 and gpu.retriever.query_max_length == 40
