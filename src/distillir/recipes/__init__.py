@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 # name -> "module:Class"; a recipe adds one line here. Recipes in other packages run by that spec directly.
 RECIPES: dict[str, str] = {
     "dpr": "distillir.recipes.dpr:DPRRecipe",
+    "cross-encoder": "distillir.recipes.cross_encoder:CrossEncoderRecipe",
+    "rocketqa-v2": "distillir.recipes.rocketqa_v2:RocketQAv2Recipe",
+    "ar2": "distillir.recipes.ar2:AR2Recipe",
+    "fid-kd": "distillir.recipes.fid_kd:FiDKDRecipe",
 }
 
 
