@@ -233,11 +233,12 @@ def demo(
     model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = "sentence-transformers/all-MiniLM-L6-v2",
     max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
     top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
+    dtype: Annotated[str, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16.")] = "auto",
 ) -> None:
     """The main job: BM25, the dense encoder and their RRF hybrid on a real dataset, side by side."""
     from distillir.demo import run_demo
 
-    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k))
+    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k, dtype=dtype))
 
 
 def main() -> None:
