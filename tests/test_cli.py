@@ -1,0 +1,107 @@
+"""The CLI contract users and scripts drive: index -> search -> evaluate, on BM25, dense and hybrid indexes,
+with corpus and queries in the field's formats, and one clear error line for bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from distillir.cli.main import app, main
+
+
+@pytest.fixture()
+def beir_dir(tmp_path, tiny_corpus, tiny_queries):
+    """The tiny data as BEIR files (corpus.jsonl, queries.jsonl, qrels) plus a QA JSONL with answers."""
+    with open(tmp_path / "corpus.jsonl", "w") as f:
+        for pid, title, text in zip(tiny_corpus.ids, tiny_corpus.titles, tiny_corpus.texts):
+            f.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
+    with open(tmp_path / "queries.jsonl", "w") as f:
+        for qid, text in zip(tiny_queries.ids, tiny_queries.texts):
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    with open(tmp_path / "qa.jsonl", "w") as f:
+        for qid, text, answers in zip(tiny_queries.ids, tiny_queries.texts, tiny_queries.answers):
+            f.write(json.dumps({"id": qid, "question": text, "answers": answers}) + "\n")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tp1\t1\nq2\tp2\t1\nq3\tp4\t1\n")
+    return tmp_path
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_bm25_index_search_evaluate_qrels_and_answers(beir_dir):
+    invoke("index", beir_dir / "corpus.jsonl", "--retriever", "bm25", "--out", beir_dir / "idx", "--no-cache")
+    invoke("search", beir_dir / "idx", beir_dir / "queries.jsonl", "--top-k", "3", "--out", beir_dir / "run.trec")
+    lines = (beir_dir / "run.trec").read_text().splitlines()
+    assert lines and all(len(line.split()) == 6 for line in lines)
+
+    metrics = json.loads(invoke("evaluate", beir_dir / "run.trec", "--qrels", beir_dir / "qrels.tsv", "--json"))
+    # Each query's words point at its gold passage, so BM25 ranks all three first.
+    assert metrics["MRR@10"] == pytest.approx(1.0)
+    assert metrics["queries"] == 3
+
+    answers = json.loads(
+        invoke("evaluate", beir_dir / "run.trec", "--answers", beir_dir / "qa.jsonl",
+               "--corpus", beir_dir / "corpus.jsonl", "--json", "--k", "1,3")
+    )
+    assert answers["Top-1"] == pytest.approx(1.0)
+
+
+def test_jsonl_run_carries_passage_texts(beir_dir):
+    invoke("index", beir_dir / "corpus.jsonl", "--retriever", "bm25", "--out", beir_dir / "idx", "--no-cache")
+    invoke("search", beir_dir / "idx", beir_dir / "qa.jsonl", "-k", "2", "--out", beir_dir / "run.jsonl",
+           "--corpus", beir_dir / "corpus.jsonl")
+    rows = [json.loads(line) for line in (beir_dir / "run.jsonl").read_text().splitlines()]
+    assert rows[0]["answers"] == ["Paris"]
+    assert rows[0]["ctxs"][0]["id"] == "p1" and "France" in rows[0]["ctxs"][0]["text"]
+
+
+def test_dense_and_hybrid_indexes_search(beir_dir, tiny_bert_dir):
+    for kind in ("dense", "hybrid"):
+        out = beir_dir / f"idx-{kind}"
+        invoke("index", beir_dir / "corpus.jsonl", "--retriever", kind, "--model", tiny_bert_dir, "--out", out,
+               "--no-cache")
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["kind"] == kind
+        invoke("search", out, beir_dir / "queries.jsonl", "-k", "5", "--out", beir_dir / f"{kind}.trec",
+               "--corpus", beir_dir / "corpus.jsonl")
+        per_query = {}
+        for line in (beir_dir / f"{kind}.trec").read_text().splitlines():
+            per_query.setdefault(line.split()[0], []).append(line.split()[2])
+        assert set(per_query) == {"q1", "q2", "q3"}
+        assert all(len(pids) == 5 for pids in per_query.values())  # every passage, since the corpus has 5
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["distillir", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_input_is_one_error_line_naming_file_and_line(beir_dir, monkeypatch, capsys):
+    bad = beir_dir / "bad.trec"
+    bad.write_text("q1 Q0 p1 1 0.5 tag\nq1 Q0 p2 2 notanumber tag\n")
+    code, err = run_main(monkeypatch, capsys, "evaluate", bad, "--qrels", beir_dir / "qrels.tsv")
+    assert code == 2
+    assert err.startswith("error: ") and "bad.trec, line 2" in err and "Traceback" not in err
+
+
+def test_index_refuses_a_corpus_it_was_not_built_from(beir_dir, monkeypatch, capsys):
+    invoke("index", beir_dir / "corpus.jsonl", "--retriever", "bm25", "--out", beir_dir / "idx", "--no-cache")
+    other = beir_dir / "other.jsonl"
+    other.write_text(json.dumps({"_id": "x", "title": "", "text": "something else"}) + "\n")
+    code, err = run_main(monkeypatch, capsys, "search", beir_dir / "idx", beir_dir / "queries.jsonl",
+                         "--out", beir_dir / "r.trec", "--corpus", other)
+    assert code == 2 and "fingerprint" in err
+    assert not (beir_dir / "r.trec").exists()
+
+
+def test_train_rejects_unknown_config_keys(beir_dir, monkeypatch, capsys):
+    code, err = run_main(monkeypatch, capsys, "train", "dpr", "--set", "trainer.learning_rat=3")
+    assert code == 2 and "learning_rate" in err
