@@ -16,14 +16,11 @@ from distillir.cli.main import app, main
 def beir_dir(tmp_path, tiny_corpus, tiny_queries):
     """The tiny data as BEIR files (corpus.jsonl, queries.jsonl, qrels) plus a QA JSONL with answers."""
     with open(tmp_path / "corpus.jsonl", "w") as f:
-        for pid, title, text in zip(tiny_corpus.ids, tiny_corpus.titles, tiny_corpus.texts):
-            f.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
+        f.writelines(json.dumps({"_id": pid, "title": title, "text": text}) + "\n" for pid, title, text in zip(tiny_corpus.ids, tiny_corpus.titles, tiny_corpus.texts))
     with open(tmp_path / "queries.jsonl", "w") as f:
-        for qid, text in zip(tiny_queries.ids, tiny_queries.texts):
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+        f.writelines(json.dumps({"_id": qid, "text": text}) + "\n" for qid, text in zip(tiny_queries.ids, tiny_queries.texts))
     with open(tmp_path / "qa.jsonl", "w") as f:
-        for qid, text, answers in zip(tiny_queries.ids, tiny_queries.texts, tiny_queries.answers):
-            f.write(json.dumps({"id": qid, "question": text, "answers": answers}) + "\n")
+        f.writelines(json.dumps({"id": qid, "question": text, "answers": answers}) + "\n" for qid, text, answers in zip(tiny_queries.ids, tiny_queries.texts, tiny_queries.answers))
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tp1\t1\nq2\tp2\t1\nq3\tp4\t1\n")
     return tmp_path
 
