@@ -125,3 +125,52 @@ def evaluate_dense(encoder: Any, eval_config: EvalConfig, seed: int = 0, cache: 
     run = retriever.search(dataset.queries, top_k=eval_config.top_k)
     metrics = evaluate_run(run, qrels=dataset.qrels, queries=dataset.queries, corpus=dataset.corpus)
     return {"dataset": dataset.name, "split": dataset.split, **metrics}
+
+
+def mined_training_lists(
+    dataset: Any,
+    lists_path: Path,
+    first_stage: Any,
+    negatives: Any,
+    *,
+    seed: int,
+    resume: bool,
+    require_negatives: bool = False,
+) -> list:
+    """Training lists for a supervised recipe: each query's positives (qrels or gold ids) and negatives mined
+    from `first_stage(queries)`'s run (`negatives`: mined, depth, exclude_answers, sample). The main process
+    mines and writes `lists_path`; other processes, and resumed runs, read it back."""
+    from distillir.data.negatives import (
+        build_examples,
+        mine_negatives,
+        positives_from_dataset,
+        read_training_lists,
+        write_training_lists,
+    )
+    from distillir.training.trainer import process_state
+
+    state = process_state()
+    with state.main_process_first():
+        if lists_path.is_file() and (resume or not state.is_main_process):
+            logger.info("reading training lists from %s", lists_path)
+            return read_training_lists(lists_path, dataset.corpus)
+        positives = positives_from_dataset(dataset)
+        queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
+        if len(queries) < len(dataset.queries):
+            logger.warning("%d training queries have no positive passage and are left out",
+                           len(dataset.queries) - len(queries))
+        mined = mine_negatives(
+            first_stage(queries), queries, dataset.corpus, positives, n=negatives.mined,
+            rank_range=(0, negatives.depth), exclude_answers=negatives.exclude_answers,
+            sample=negatives.sample, seed=seed,
+        )
+        examples = build_examples(queries, positives, mined)
+        if require_negatives:
+            kept = [ex for ex in examples if ex.negatives]
+            if len(kept) < len(examples):
+                logger.warning("%d of %d training queries have no negative and are left out",
+                               len(examples) - len(kept), len(examples))
+            examples = kept
+        write_training_lists(lists_path, examples)
+        logger.info("wrote %d training lists to %s", len(examples), lists_path)
+        return examples

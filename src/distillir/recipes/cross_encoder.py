@@ -29,7 +29,7 @@ from typing import Any
 
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
+from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, mined_training_lists, seed_everything
 from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments, process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
@@ -118,7 +118,16 @@ class CrossEncoderRecipe(Recipe):
         seed_everything(config.seed)
         dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
                                seed=config.seed)
-        examples = self._training_examples(config, dataset, out / LISTS_FILE)
+        neg = config.negatives
+        examples = mined_training_lists(
+            dataset,
+            out / LISTS_FILE,
+            lambda queries: first_stage_run(neg.source, dataset.corpus, queries, neg.depth),
+            neg,
+            seed=config.seed,
+            resume=config.resume,
+            require_negatives=True,
+        )
         ranker = CrossEncoder.from_pretrained(config.model, max_length=config.max_length,
                                               query_max_length=config.query_max_length)
         summary = train_ranker(ranker, examples, dataset.corpus, config.list_size, config.trainer, out,
@@ -140,36 +149,6 @@ class CrossEncoderRecipe(Recipe):
         }
         self.write_results(out, results)
         return results
-
-    def _training_examples(self, config: CrossEncoderConfig, dataset, lists_path: Path):
-        """Mine negatives and write the lists (main process first); reuse the lists when resuming."""
-        from distillir.data.negatives import (
-            build_examples,
-            mine_negatives,
-            positives_from_dataset,
-            read_training_lists,
-            write_training_lists,
-        )
-
-        state = process_state()
-        neg = config.negatives
-        with state.main_process_first():
-            if lists_path.is_file() and (config.resume or not state.is_main_process):
-                logger.info("reading training lists from %s", lists_path)
-                return read_training_lists(lists_path, dataset.corpus)
-            positives = positives_from_dataset(dataset)
-            queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
-            run = first_stage_run(neg.source, dataset.corpus, queries, neg.depth)
-            negatives = mine_negatives(run, queries, dataset.corpus, positives, n=neg.mined,
-                                       rank_range=(0, neg.depth), exclude_answers=neg.exclude_answers,
-                                       sample=neg.sample, seed=config.seed)
-            examples = [ex for ex in build_examples(queries, positives, negatives) if ex.negatives]
-            if len(examples) < len(queries):
-                logger.warning("%d of %d training queries have no negative and are left out",
-                               len(queries) - len(examples), len(queries))
-            write_training_lists(lists_path, examples)
-            logger.info("wrote %d training lists to %s", len(examples), lists_path)
-            return examples
 
 
 # ------------------------------------------------------------------------------------ shared parts

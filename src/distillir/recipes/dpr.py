@@ -13,12 +13,20 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, EvalConfig, Recipe, evaluate_dense, seed_everything
+from distillir.recipes.base import (
+    FINAL_DIR,
+    METRICS_FILE,
+    EvalConfig,
+    Recipe,
+    evaluate_dense,
+    mined_training_lists,
+    seed_everything,
+)
+from distillir.retrievers.bm25 import bm25_cached
 from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments, process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
@@ -86,7 +94,14 @@ class DPRRecipe(Recipe):
         seed_everything(config.seed)
         dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
                                seed=config.seed)
-        examples = self._training_examples(config, dataset, out / LISTS_FILE)
+        examples = mined_training_lists(
+            dataset,
+            out / LISTS_FILE,
+            lambda queries: bm25_cached(dataset.corpus).search(queries, top_k=config.negatives.depth),
+            config.negatives,
+            seed=config.seed,
+            resume=config.resume,
+        )
 
         encoder = BiEncoder.from_pretrained(
             config.model, shared=config.shared_encoder, normalize=config.normalize,
@@ -132,38 +147,6 @@ class DPRRecipe(Recipe):
         }
         self.write_results(out, results)
         return results
-
-    def _training_examples(self, config: DPRConfig, dataset, lists_path: Path):
-        """Mine BM25 negatives and write the lists (main process); reuse the lists when resuming."""
-        from distillir.data.negatives import (
-            build_examples,
-            mine_negatives,
-            positives_from_dataset,
-            read_training_lists,
-            write_training_lists,
-        )
-        from distillir.retrievers.bm25 import bm25_cached
-
-        state = process_state()
-        with state.main_process_first():
-            if lists_path.is_file() and (config.resume or not state.is_main_process):
-                logger.info("reading training lists from %s", lists_path)
-                return read_training_lists(lists_path, dataset.corpus)
-            positives = positives_from_dataset(dataset)
-            queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
-            skipped = len(dataset.queries) - len(queries)
-            if skipped:
-                logger.warning("%d training queries have no positive passage and are left out", skipped)
-            run = bm25_cached(dataset.corpus).search(queries, top_k=config.negatives.depth)
-            negatives = mine_negatives(
-                run, queries, dataset.corpus, positives, n=config.negatives.mined,
-                rank_range=(0, config.negatives.depth), exclude_answers=config.negatives.exclude_answers,
-                sample=config.negatives.sample, seed=config.seed,
-            )
-            examples = build_examples(queries, positives, negatives)
-            write_training_lists(lists_path, examples)
-            logger.info("wrote %d training lists to %s", len(examples), lists_path)
-            return examples
 
 
 class DPRCollator:
