@@ -1,0 +1,115 @@
+"""Shared helpers for the benchmark scripts: environment capture and writing results."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"  # git-ignored: logs, run dirs, scratch data
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide bf16/int8 speed (AMX, AVX-512 BF16/VNNI)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"]
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def environment() -> dict:
+    env = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "logical_cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "total_memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    for mod in ("transformers", "sentence_transformers", "bm25s", "rank_bm25", "faiss", "numpy"):
+        try:
+            m = __import__(mod)
+            env[mod] = getattr(m, "__version__", "installed")
+        except ImportError:
+            env[mod] = None
+    try:
+        from importlib.metadata import version
+
+        env["distillir"] = version("distillir")
+        env["rank_bm25"] = env["rank_bm25"] if env.get("rank_bm25") not in (None, "installed") else version("rank-bm25")
+    except Exception as e:  # noqa: BLE001 - versions are informative only
+        env["version_lookup_error"] = repr(e)
+    return env
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def current_rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def peak_rss_hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM). Unlike getrusage's ru_maxrss, which Linux carries across
+    fork+exec (a child spawned by a big parent starts with the parent's peak), it is reset by exec."""
+    return _status_mb("VmHWM")
+
+
+def command_line() -> str:
+    return "cd /work/main && .venv/bin/python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *sys.argv[1:]])
+
+
+def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"{name}.json"
+    md_path = RESULTS_DIR / f"{name}.md"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(json_path)
+    tmp = md_path.with_suffix(".md.tmp")
+    tmp.write_text(markdown.rstrip() + "\n", encoding="utf-8")
+    tmp.replace(md_path)
+    return json_path, md_path
