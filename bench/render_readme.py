@@ -17,7 +17,7 @@ START, END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 
 def demote(markdown: str, levels: int = 2) -> str:
     """Headings one level deeper per `levels`, so each result sits under the README's own heading."""
-    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", markdown, flags=re.M)
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + levels) + " ", markdown, flags=re.MULTILINE)
 
 
 def main() -> None:

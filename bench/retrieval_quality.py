@@ -265,6 +265,13 @@ def markdown(out: dict, tables: dict) -> str:
                 f"{d['train_elapsed_s']} s"
                 + (" (run dir reused)" if d["reused_finished_run"] else "") + "."
             )
+            import yaml
+
+            file_cfg = yaml.safe_load((REPO / d["config"]).read_text())
+            if file_cfg["data"].get("max_train_queries") != d["max_train_queries"] and not d.get("overrides"):
+                lines[-1] += (f" Note: the reused run dir was trained with max_train_queries={d['max_train_queries']}, "
+                              f"not the config file's {file_cfg['data'].get('max_train_queries')}; to reproduce it, add "
+                              f"`--dpr-set data.max_train_queries={d['max_train_queries']}`.")
             results_file = Path(d["run_dir"]) / "results.json"
             resumed = (json.loads(results_file.read_text()).get("train") or {}).get("resumed_from") if results_file.is_file() else None
             if resumed:
