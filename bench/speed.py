@@ -683,9 +683,7 @@ def reading(out: dict) -> str:
             + "The issue's goal (1.3x sentence-transformers at unchanged quality; unchanged = min cosine >= 0.99 "
             "and gold R@1/R@5 within 0.01) is met per CPU-second by: " + (", ".join(met_cpu) or "none")
             + "; in wall-clock time by: " + (", ".join(met_wall) or "none") + ". 'cores used' (CPU-s / wall-s per "
-            "round) shows why the two differ: the bf16 and int8 processes kept about one core busy in every round, "
-            "while sentence-transformers and fp32 used up to two when the machine was quiet, so on this 2-core "
-            "machine bf16/int8 inference appears to run on one thread (not investigated further here)."
+            "round) tells a contended run (about one core each) from a quiet one (about two)."
             + " Same-precision fp32 is the like-for-like comparison (same tokens, same model, both length-sorted): "
             "any gap there is overhead, not arithmetic."
         )
