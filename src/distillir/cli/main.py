@@ -43,6 +43,13 @@ class IndexKind(str, Enum):
     ivfpq = "ivfpq"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 class Fusion(str, Enum):
     rrf = "rrf"
     interpolate = "interpolate"
@@ -63,7 +70,7 @@ def index(
     index_type: Annotated[IndexKind, typer.Option("--index", help="Dense search: exact (torch matmul), or FAISS flat / hnsw / ivfpq.")] = IndexKind.exact,
     batch_size: Annotated[int, typer.Option(help="Dense encoding batch size.")] = 64,
     passage_max_length: Annotated[int | None, typer.Option(help="Dense: passage max tokens (default: the encoder's setting).")] = None,
-    dtype: Annotated[str, typer.Option(help="Dense encoding precision: float32, bfloat16 (fast on CPUs with AMX/avx512_bf16), float16 (GPU).")] = "float32",
+    dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: float32, bfloat16 (fast on CPUs with AMX/avx512_bf16), float16 (GPU), auto (as the demo).")] = Precision.float32,
     quantize: Annotated[str | None, typer.Option(help="Dense on CPU: 'int8' dynamic quantisation for faster encoding.")] = None,
     k1: Annotated[float, typer.Option(help="BM25 k1.")] = 0.9,
     b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
@@ -81,6 +88,7 @@ def index(
 
         sparse = bm25_cached(passages, k1=k1, b=b) if cache else BM25Retriever.build(passages, k1=k1, b=b)
     if retriever in (RetrieverKind.dense, RetrieverKind.hybrid):
+        from distillir.demo import default_encoding_dtype
         from distillir.retrievers.dense.retriever import DenseRetriever
 
         encoder_kwargs = {} if passage_max_length is None else {"passage_max_length": passage_max_length}
@@ -89,7 +97,7 @@ def index(
             model,
             index=index_type.value,
             batch_size=batch_size,
-            dtype=dtype,
+            dtype=default_encoding_dtype() if dtype is Precision.auto else dtype.value,
             quantize=quantize,
             cache=cache,
             show_progress=True,
@@ -233,12 +241,12 @@ def demo(
     model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = "sentence-transformers/all-MiniLM-L6-v2",
     max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
     top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
-    dtype: Annotated[str, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16.")] = "auto",
+    dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16, float16 (GPU).")] = Precision.auto,
 ) -> None:
     """The main job: BM25, the dense encoder and their RRF hybrid on a real dataset, side by side."""
     from distillir.demo import run_demo
 
-    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k, dtype=dtype))
+    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k, dtype=dtype.value))
 
 
 def main() -> None:
