@@ -53,17 +53,28 @@ TEACHER_NORMALIZE = "zscore"
 
 # Sizes and schedules. `None` in train/eval questions: every question of the split; corpus_size None: the whole
 # corpus (smoke: a seeded subset holding the sampled questions' source paragraphs plus random others).
+# retriever_passage_length: the student's passage truncation (MiniLM's own 256 on CPU, so the untrained model's
+# corpus embeddings come from the cache); train_passages False: query-side fine-tuning (the passage tower frozen,
+# the corpus embedded once), which is what makes a full-corpus benchmark fit 2 CPU cores.
 PRESETS: dict[str, dict] = {
-    "smoke": {"train_questions": 24, "eval_questions": 24, "corpus_size": 200, "rounds": 2, "n_passages": 4,
+    "cpu": {"train_questions": 1000, "eval_questions": None, "corpus_size": None, "rounds": 2, "n_passages": 10,
+            "reader_layers": 3, "passage_length": 128, "answer_length": 16, "reader_batch": 4, "reader_steps": 250,
+            "reader_lr": 1e-4, "retriever_batch": 16, "retriever_steps": 125, "retriever_lr": 3e-5,
+            "retriever_passage_length": 256, "train_passages": False, "reader_eval_questions": 300,
+            "inference_batch": 16, "encode_batch": 64, "dtype": "bfloat16", "overhead_batches": 4, "threads": None,
+            "name": "fid_kd"},
+    "smoke": {"retriever_passage_length": 64, "train_passages": True, "reader_eval_questions": None,
+              "train_questions": 24, "eval_questions": 24, "corpus_size": 200, "rounds": 2, "n_passages": 4,
               "reader_layers": 2, "passage_length": 64, "answer_length": 12, "reader_batch": 4, "reader_steps": 6,
               "reader_lr": 3e-4, "retriever_batch": 4, "retriever_steps": 4, "retriever_lr": 2e-5,
               "inference_batch": 12, "encode_batch": 64, "dtype": "bfloat16", "overhead_batches": 2, "threads": 1,
               "name": "fid_kd_smoke"},
-    "gpu": {"train_questions": 4000, "eval_questions": 2000, "corpus_size": None, "rounds": 2, "n_passages": 20,
+    "gpu": {"retriever_passage_length": 192, "train_passages": True, "reader_eval_questions": 1000,
+            "train_questions": 4000, "eval_questions": 2000, "corpus_size": None, "rounds": 2, "n_passages": 20,
             "reader_layers": None, "passage_length": 192, "answer_length": 16, "reader_batch": 8, "reader_steps": 500,
             "reader_lr": 1e-4, "retriever_batch": 16, "retriever_steps": 250, "retriever_lr": 2e-5,
             "inference_batch": 64, "encode_batch": 512, "dtype": "bfloat16", "overhead_batches": 8, "threads": None,
-            "name": "fid_kd"},
+            "name": "fid_kd_gpu"},
 }
 
 
@@ -73,7 +84,7 @@ def log(msg: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--data-dir", default="squad-open", help="squad-open directory (or the dataset name)")
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2",
                    help="MiniLM: hub id or a plain local model directory (reader warm start and student)")
@@ -167,7 +178,9 @@ def recipe_config(args, out: Path, data_dir: Path, *extra: str):
         + "}",
         "teacher.aggregation=fid", f"teacher.normalize={TEACHER_NORMALIZE}",
         f"retriever.model={args.model}", "retriever.loss=kl", "retriever.query_max_length=40",
-        f"retriever.passage_max_length={s['passage_length']}", "retriever.agreement_sample=256",
+        f"retriever.passage_max_length={s['retriever_passage_length']}", "retriever.agreement_sample=256",
+        f"retriever.train_passages={str(s['train_passages']).lower()}", "eval.reader=true",
+        f"eval.reader_max_queries={'null' if s['reader_eval_questions'] is None else s['reader_eval_questions']}",
         "retriever.trainer={" + f"learning_rate: {s['retriever_lr']}, warmup_ratio: 0.05, "
         f"max_steps: {s['retriever_steps']}, per_device_batch_size: {s['retriever_batch']}, save_steps: {save}, "
         f"save_total_limit: 1, log_steps: 10, cpu: {cpu}" + "}",
@@ -249,8 +262,13 @@ def markdown(res: dict) -> str:
             f"({'all' if s['reader_layers'] is None else s['reader_layers']} layers each), {s['reader_steps']} steps "
             f"x {s['reader_batch']} questions per round; retriever: all-MiniLM-L6-v2, KL over each question's "
             f"n passages (teacher scores standardised per question: {TEACHER_NORMALIZE}), "
-            f"{s['retriever_steps']} steps x {s['retriever_batch']} questions per round; passages "
-            f"{s['passage_length']} tokens; corpus re-embedded in {s['dtype']}."), ""]
+            f"{s['retriever_steps']} steps x {s['retriever_batch']} questions per round, "
+            + ("both towers trained (the paper), corpus re-embedded every round"
+               if s["train_passages"] else "query tower only (passage tower frozen: query-side fine-tuning, "
+               "the corpus embedded once)")
+            + f"; passages {s['passage_length']} tokens for the reader, {s['retriever_passage_length']} for the "
+            f"retriever; corpus embedded in {s['dtype']}. Reader EM/F1 on the first "
+            f"{s['reader_eval_questions'] or 'all'} sampled dev questions."), ""]
     out += ["## Retrieval (dev): answer recall Top-k, gold-paragraph MRR@10 and R@20", "",
             table(retrieval_rows(res), cols), ""]
     rounds = res.get("main", {}).get("rounds", {})
@@ -478,7 +496,7 @@ class Bench:
         if self.res["baselines"].get("minilm") is not None:
             return
         encoder = BiEncoder.from_pretrained(self.args.model, query_max_length=40,
-                                            passage_max_length=self.s["passage_length"])
+                                            passage_max_length=self.s["retriever_passage_length"])
         self.res["baselines"]["minilm"] = self._dense_eval(encoder, "MiniLM untrained")
         self.save()
 
@@ -510,7 +528,7 @@ class Bench:
             cpu = "true" if self.args.device == "cpu" else "false"
             config = load_config(recipe.Config, None, [
                 f"output_dir={out}", f"seed={SEED}", f"resume={str(resume).lower()}", f"model={self.args.model}",
-                "query_max_length=40", f"passage_max_length={s['passage_length']}", "temperature=0.05",
+                "query_max_length=40", f"passage_max_length={s['retriever_passage_length']}", "temperature=0.05",
                 f"data.dataset={self.data_dir}", "data.split=train",
                 f"data.max_train_queries={'null' if s['train_questions'] is None else s['train_questions']}",
                 "negatives.mined=8", "negatives.per_query=1",

@@ -280,3 +280,46 @@ def test_config_checks_and_shipped_configs():
     assert 10 <= cpu.n_passages <= 20 and cpu.reader.init == "encoder-decoder" and cpu.start == "bm25"
     assert gpu.n_passages == 100 and gpu.reader.init == "pretrained" and gpu.reader.model == "t5-base"
     assert gpu.reader.passage_max_length == 200 and gpu.retriever.query_max_length == 40
+
+
+def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embeddings(env, tiny_bert_dir, tmp_path,
+                                                                                       reference):
+    """retriever.train_passages=false: only the query tower moves; the passage tower stays the start model's
+    weights, so the index of every round is the start model's cached corpus embeddings; precomputed passage
+    embeddings in a batch give the same scores as encoding the passages."""
+    from distillir.data.loaders import load_corpus
+    from distillir.recipes.fid_kd import FiDKDRetriever, ListExample
+    from distillir.retrievers.dense.retriever import DenseRetriever
+
+    _, data = env
+    ref_out, _, _ = reference
+    config = tiny_config(tiny_bert_dir, data, tmp_path / "qside", "retriever.train_passages=false", "rounds=1",
+                         "eval=null", f"teacher_scores={ref_out / 'round-1' / 'teacher' / 'scores.jsonl'}",
+                         "retriever.trainer={per_device_batch_size: 4, max_steps: 3, learning_rate: 1.0e-3, "
+                         "save_steps: 0}")
+    assert config.retriever.shared is False
+    results = FiDKDRecipe().run(config)
+    start = build_student(config.retriever)
+    trained = build_student(config.retriever, results["final_retriever"])
+    assert trained.passage_tower_frozen and not trained.shared
+    assert trained.weights_fingerprint(["passage"]) == start.weights_fingerprint(["passage"])
+    assert trained.weights_fingerprint(["query"]) != start.weights_fingerprint(["query"])
+
+    corpus = load_corpus(data)
+    index = DenseRetriever.load(Path(results["output_dir"]) / "round-1" / "index", corpus=corpus)
+    start.eval()
+    fresh = start.encode_corpus(corpus, batch_size=16)
+    assert torch.allclose(index.index.embeddings.float(), fresh, atol=1e-5)
+
+    encoder = build_student(FiDKDRetriever(model=tiny_bert_dir, query_max_length=16, passage_max_length=32,
+                                           train_passages=False))
+    encoder.eval()
+    examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
+                ListExample("b", "which year", ["p3a"], [0.5])]
+    with torch.no_grad():
+        online = list_scores(encoder, ListCollator(encoder, corpus)(examples))
+        batch = ListCollator(encoder, corpus, encoder.encode_corpus(corpus, batch_size=16))(examples)
+        assert "passage" not in batch and batch["passage_embeddings"].shape[:2] == (2, 3)
+        assert torch.allclose(list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
+    with pytest.raises(ConfigError):
+        build_student(FiDKDRetriever(model=tiny_bert_dir)).freeze_passage_tower()

@@ -147,6 +147,10 @@ class FiDKDRetriever:
     scale: float | None = None
     normalize: bool | None = None  # unit-length embeddings; null: as the model's files say (MiniLM: yes)
     shared: bool = True  # one tower for questions and passages (FiD-KD)
+    # false: query-side fine-tuning (as in Atlas): the passage tower stays `model`'s weights, frozen, so the
+    # corpus is embedded once (and cached) instead of every round, and training reads those embeddings
+    # instead of encoding passages. Implies separate towers. true: the paper's full fine-tuning.
+    train_passages: bool = True
     query_max_length: int = 40
     passage_max_length: int = 200
     continue_training: bool = True  # round k > 1 starts from round k-1's retriever (else from `model` again)
@@ -162,6 +166,8 @@ class FiDKDRetriever:
             raise ConfigError(f"scale must be positive (or null for the default), got {self.scale}")
         if self.agreement_sample < 0:
             raise ConfigError(f"agreement_sample must not be negative, got {self.agreement_sample}")
+        if not self.train_passages and self.shared:
+            self.shared = False  # a frozen passage tower beside a trained query tower: two towers
 
 
 @dataclass
@@ -256,14 +262,33 @@ class ListCollator:
     out), so `encode_passage(batch["passage"])` reshapes to (B, n, dim). teacher, mask: (B, n).
     """
 
-    def __init__(self, encoder, corpus):
+    def __init__(self, encoder, corpus, passage_embeddings=None):
+        """`passage_embeddings` (len(corpus), dim), in corpus order: give them (a frozen passage tower) and
+        batches carry "passage_embeddings" (B, n, dim) instead of passage tokens."""
         self.encoder = encoder
         self.corpus = corpus
+        self.passage_embeddings = passage_embeddings
 
     def __call__(self, examples: Sequence[ListExample]) -> dict[str, Any]:
         import torch
 
         width = max(len(ex.pids) for ex in examples)
+        if self.passage_embeddings is not None:
+            emb = self.passage_embeddings
+            rows = torch.zeros(len(examples), width, dtype=torch.long)
+            mask = torch.zeros(len(examples), width, dtype=torch.bool)
+            teacher = torch.zeros(len(examples), width, dtype=torch.float32)
+            for i, ex in enumerate(examples):
+                n = len(ex.pids)
+                rows[i, :n] = torch.tensor([self.corpus.index_of[pid] for pid in ex.pids])
+                mask[i, :n] = True
+                teacher[i, :n] = torch.tensor(list(ex.scores), dtype=torch.float32)
+            return {
+                "query": self.encoder.tokenize_queries([ex.query for ex in examples]),
+                "passage_embeddings": emb[rows] * mask.unsqueeze(-1),
+                "teacher": teacher,
+                "mask": mask,
+            }
         titles, texts, teacher, mask = [], [], [], []
         for ex in examples:
             for pid in ex.pids:
@@ -288,8 +313,11 @@ def list_scores(encoder, batch: dict[str, Any]):
     import torch
 
     q = encoder.encode_query(batch["query"])
-    p = encoder.encode_passage(batch["passage"])
-    p = p.view(q.shape[0], -1, p.shape[-1])
+    if "passage_embeddings" in batch:  # a frozen passage tower's precomputed embeddings
+        p = batch["passage_embeddings"].to(q.device)
+    else:
+        p = encoder.encode_passage(batch["passage"])
+        p = p.view(q.shape[0], -1, p.shape[-1])
     # In float32 even under mixed precision: scaled scores (x20) lose too many digits in bf16.
     with torch.autocast(device_type=q.device.type, enabled=False):
         return torch.einsum("bd,bnd->bn", q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
@@ -325,7 +353,7 @@ def _ranks(values):
 
 
 def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, temperature: float = 1.0,
-                      batch_size: int = 16) -> dict[str, float]:
+                      batch_size: int = 16, passage_embeddings=None) -> dict[str, float]:
     """How closely the student's scores follow the teacher's over each list (no gradient, eval mode):
 
     kl: mean KL(softmax(T / tau) || softmax(S / tau)) (lower is better); spearman: mean rank correlation of S
@@ -335,7 +363,7 @@ def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, tempe
 
     if not examples:
         return {"lists": 0, "kl": float("nan"), "spearman": float("nan"), "top1": float("nan")}
-    collate = ListCollator(encoder, corpus)
+    collate = ListCollator(encoder, corpus, passage_embeddings)
     was_training = encoder.training
     encoder.eval()
     device = encoder.inference_device()
@@ -437,10 +465,15 @@ def build_student(cfg: FiDKDRetriever, path: str | Path | None = None):
     from distillir.retrievers.dense.encoder import BiEncoder
 
     if path is not None:
-        return BiEncoder.from_pretrained(path)
+        encoder = BiEncoder.from_pretrained(path)
+        if not cfg.train_passages:
+            encoder.freeze_passage_tower()
+        return encoder
     encoder = BiEncoder.from_pretrained(cfg.model, shared=cfg.shared, normalize=cfg.normalize, scale=cfg.scale,
                                         query_max_length=cfg.query_max_length,
                                         passage_max_length=cfg.passage_max_length)
+    if not cfg.train_passages:
+        encoder.freeze_passage_tower()
     from distillir.models import local_model_dir
     from distillir.retrievers.dense.encoder import SETTINGS_FILE
 
@@ -734,6 +767,12 @@ class FiDKDRecipe(Recipe):
         if k > 1 and cfg.continue_training:
             start_from = out / f"round-{k - 1}" / "retriever" / FINAL_DIR
         student = build_student(cfg, start_from)
+        passage_embeddings = None
+        if not cfg.train_passages:  # embedded once (cache keyed by the frozen weights), read at every step
+            from distillir.retrievers.dense.encoder import encode_corpus_cached
+
+            passage_embeddings = encode_corpus_cached(student, self.corpus, config.encode.batch_size,
+                                                      dtype=config.encode.dtype)
         sample = examples
         if cfg.agreement_sample and len(examples) > cfg.agreement_sample:
             rows = sorted(random.Random(config.seed).sample(range(len(examples)), cfg.agreement_sample))
@@ -744,17 +783,21 @@ class FiDKDRecipe(Recipe):
             if config.resume and before_file.is_file():
                 before = json.loads(before_file.read_text(encoding="utf-8"))
             else:
-                before = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature)
+                before = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature,
+                                           passage_embeddings=passage_embeddings)
                 write_json(before_file, before)
 
         loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
         args = TrainingArguments.from_config(cfg.trainer, output_dir=d, seed=config.seed, resume=config.resume)
-        trainer = Trainer(student, args, examples, ListCollator(student, self.corpus),
+        trainer = Trainer(student, args, examples, ListCollator(student, self.corpus, passage_embeddings),
                           loss_fn=ListDistillLoss(loss), callbacks=self.callbacks)
         summary = trainer.train()
         student.save_pretrained(d / FINAL_DIR)
         self._models["student"] = (d / FINAL_DIR, student)
-        after = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature) if before else None
+        after = None
+        if before:
+            after = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature,
+                                      passage_embeddings=passage_embeddings)
         return {"train": summary, "lists": len(examples), "teacher_scores": str(source), "loss": cfg.loss,
                 "start_from": str(start_from) if start_from else cfg.model, "scale": student.settings.scale,
                 "agreement_before": before, "agreement_after": after, "final": str(d / FINAL_DIR)}
@@ -767,8 +810,10 @@ class FiDKDRecipe(Recipe):
         cached = self._models.get("student")
         student = cached[1] if cached is not None and cached[0] == path else build_student(config.retriever, path)
         enc = config.encode
+        # A frozen passage tower has the start model's embeddings: read them from the cache, not re-embed.
+        reuse = not config.retriever.train_passages
         start = time.perf_counter()
-        dense = DenseRetriever.build(self.corpus, student, batch_size=enc.batch_size, dtype=enc.dtype, cache=False)
+        dense = DenseRetriever.build(self.corpus, student, batch_size=enc.batch_size, dtype=enc.dtype, cache=reuse)
         embed_s = time.perf_counter() - start
         dense.save(rd / "index")
         info: dict[str, Any] = {"index": str(rd / "index"), "passages": len(self.corpus),
@@ -777,7 +822,7 @@ class FiDKDRecipe(Recipe):
             eval_dense = dense
             if self.eval_ds.corpus is not self.corpus:
                 eval_dense = DenseRetriever.build(self.eval_ds.corpus, student, batch_size=enc.batch_size,
-                                                  dtype=enc.dtype, cache=False)
+                                                  dtype=enc.dtype, cache=reuse)
             run = eval_dense.search(self.eval_ds.queries, top_k=config.eval.top_k)
             run.write_trec(rd / "eval" / "retriever.trec", tag=rd.name)
             info["metrics"] = evaluate_retrieval(run, self.eval_ds)

@@ -130,6 +130,17 @@ class BiEncoder(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.settings).items())
 
+    def freeze_passage_tower(self) -> None:
+        """Stop training the passage tower (query-side fine-tuning): its corpus embeddings stay valid, so an
+        index built before training serves the trained encoder too. Needs separate towers."""
+        if self.shared:
+            raise ConfigError("freezing the passage tower needs separate towers (load with shared=False)")
+        self.passage_model.requires_grad_(False)
+
+    @property
+    def passage_tower_frozen(self) -> bool:
+        return not self.shared and not any(p.requires_grad for p in self.passage_model.parameters())
+
     def gradient_checkpointing_enable(self) -> None:
         for tower in self.towers().values():
             tower.gradient_checkpointing_enable()
@@ -276,6 +287,8 @@ class BiEncoder(nn.Module):
         names = ["query", "passage"] if towers is None else list(towers)
         if self.shared:
             names = ["query"]  # one module: hash it once, whichever tower was asked for
+        if len(names) == 1:  # one tower: the same weights hash alike in a shared or a separate-tower encoder
+            return tensor_fingerprint([(f"tower.{k}", v) for k, v in chosen[names[0]].state_dict().items()])
         return tensor_fingerprint([(f"{n}.{k}", v) for n in names for k, v in chosen[n].state_dict().items()])
 
     def tokenizer_fingerprint(self) -> str:
