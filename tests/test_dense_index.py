@@ -118,12 +118,16 @@ def test_ivfpq_with_exact_rescoring(tmp_path):
     truth = ExactIndex(passages).search(queries, 5)[1]
     ivf = FaissIndex("ivfpq", nlist=8, m=4, nbits=4, nprobe=8, rescore=200)
     ivf.add(passages)
+    assert ivf.params["train_size"] == 640  # max(64 * nlist, 40 * 2^nbits) of the 1000: a sample
     scores, rows = ivf.search(queries, 5)
     assert recall(rows, truth) >= 0.9
     # Re-scored candidates carry exact inner products.
     torch.testing.assert_close(scores, torch.einsum("qd,qkd->qk", queries, passages[rows]))
     ivf.save(tmp_path / "ivf")
     assert torch.equal(load_vector_index(tmp_path / "ivf").search(queries, 5)[1], rows)
+    default = FaissIndex("ivfpq", nlist=8, nbits=4)
+    default.add(passages)
+    assert default.params["m"] == 2  # dim / 8
     with pytest.raises(ConfigError, match="too few"):
         FaissIndex("ivfpq", nlist=64, m=4).add(passages[:100])
     with pytest.raises(ConfigError, match="unknown"):
