@@ -287,6 +287,18 @@ def markdown(res: dict) -> str:
                 (f"Agreement on {agreement_lists(rounds)} training lists: KL(softmax T || softmax S) (lower is "
                  "closer; T = the standardised teacher scores the student is trained on) and Spearman's rank "
                  "correlation, before and after that round's retriever training."), ""]
+    tq = res.get("teacher_quality") or {}
+    if tq:
+        rows = [{"teacher": name, "lists with an answer": v["answer_lists"], "teacher top-1 has answer":
+                 v["teacher_hit@1"], "retriever top-1 has answer": v["retriever_hit@1"],
+                 "teacher MRR": v["teacher_mrr"], "retriever MRR": v["retriever_mrr"]} for name, v in tq.items()]
+        cols_tq = ["teacher", "lists with an answer", "teacher top-1 has answer", "retriever top-1 has answer",
+                   "teacher MRR", "retriever MRR"]
+        out += ["## What the teacher knows (training lists)", "", table(rows, cols_tq), "",
+                ("Over the training lists holding at least one passage that contains an answer string: how often "
+                 "the teacher's highest-scored passage contains one, against the retriever that built the list "
+                 "(its own first passage), and the reciprocal rank of the first answer-bearing passage under "
+                 "each order. A teacher that does not beat its retriever here has nothing to teach it."), ""]
     abl = res.get("ablations", {})
     if abl.get("loss"):
         rows = [metric_row(name, m.get("metrics"), m.get("note", "")) for name, m in abl["loss"].items()]
@@ -383,6 +395,41 @@ def agreement_lists(rounds: dict) -> str:
     return "/".join(str(c) for c in sorted(counts)) or "?"
 
 
+def teacher_quality(scores_file: Path, lists_file: Path) -> dict:
+    """How often the teacher's top passage contains an answer string, against the retriever's own top passage,
+    over the training lists that hold at least one answer-bearing passage (answers are what FiD-KD trains the
+    reader on; this reads no relevance label). Also the mean reciprocal rank of the first answer-bearing
+    passage under either order."""
+    from distillir.evaluation.answers import has_answer
+    from distillir.readers.fid import load_fid_examples
+    from distillir.teachers.scores import read_teacher_scores
+
+    scores = read_teacher_scores(scores_file)
+    lists = answer_lists = teacher_hit = retriever_hit = 0
+    teacher_rr = retriever_rr = 0.0
+    for ex in load_fid_examples(lists_file):
+        qid = str(ex["id"])
+        if qid not in scores:
+            continue
+        pids, values = scores[qid]
+        text = {str(c["id"]): (c.get("title"), c["text"]) for c in ex["ctxs"]}
+        hits = [has_answer(ex["answers"], text[p][1]) for p in pids if p in text]
+        if len(hits) != len(pids):
+            continue
+        lists += 1
+        if not any(hits):
+            continue
+        answer_lists += 1
+        by_teacher = sorted(range(len(pids)), key=lambda i: -values[i])
+        teacher_hit += hits[by_teacher[0]]
+        retriever_hit += hits[0]  # score files keep the retriever's order
+        teacher_rr += 1.0 / (1 + next(r for r, i in enumerate(by_teacher) if hits[i]))
+        retriever_rr += 1.0 / (1 + next(i for i, h in enumerate(hits) if h))
+    n = max(answer_lists, 1)
+    return {"lists": lists, "answer_lists": answer_lists, "teacher_hit@1": teacher_hit / n,
+            "retriever_hit@1": retriever_hit / n, "teacher_mrr": teacher_rr / n, "retriever_mrr": retriever_rr / n}
+
+
 # ------------------------------------------------------------------------------------------- pieces
 
 
@@ -431,6 +478,7 @@ class Bench:
 
         # Most important first: a run cut short by a time limit keeps the main numbers and baselines.
         self.main()
+        self.teacher_report()
         self.minilm()
         self.hybrid()
         if not args.skip_dpr:
@@ -440,6 +488,7 @@ class Bench:
         if not args.skip_ablations:
             self.loss_ablation()
             self.aggregation_ablation()
+        self.teacher_report()
         self.res["complete"] = True
         self.save()
         log(f"done in {time.perf_counter() - self.t0:.0f} s; wrote bench/results/{s['name']}.json and .md")
@@ -474,6 +523,23 @@ class Bench:
         self.res["train_questions"] = results["train_questions"]
         self.res["main"].update({k: v for k, v in results.items() if k != "rounds"})
         self.save()
+
+    def teacher_report(self) -> None:
+        """teacher_quality of every score file written so far (main rounds, aggregation ablation)."""
+        main = self.work / "main"
+        found = {}
+        for rd in sorted(main.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+            scores = rd / "teacher" / "scores.jsonl"
+            if scores.is_file():
+                found[f"fid, round {rd.name.split('-')[1]}"] = (scores, rd / "retrieve" / "train.jsonl")
+        for agg in AGGREGATIONS:
+            scores = self.work / "ablations" / f"scores-{agg}.jsonl"
+            if scores.is_file():
+                found[f"{agg}, round 1 reader"] = (scores, main / "round-1" / "retrieve" / "train.jsonl")
+        for name, (scores, lists) in found.items():
+            self.res.setdefault("teacher_quality", {})[name] = teacher_quality(scores, lists)
+        if found:
+            self.save()
 
     # ---- baselines ---------------------------------------------------------------------------
 
