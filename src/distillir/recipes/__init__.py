@@ -25,6 +25,7 @@ RECIPES: dict[str, str] = {
     "rocketqa-v2": "distillir.recipes.rocketqa_v2:RocketQAv2Recipe",
     "ar2": "distillir.recipes.ar2:AR2Recipe",
     "fid-kd": "distillir.recipes.fid_kd:FiDKDRecipe",
+    "re2g": "distillir.recipes.re2g:Re2GRecipe",
 }
 
 

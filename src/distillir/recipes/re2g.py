@@ -1,0 +1,494 @@
+"""Re2G: retrieve, re-rank, generate, trained end to end (Glass et al., 2022; IBM/kgi-slot-filling, re2g).
+
+1. candidates: BM25's top `bm25_depth` and the dense retriever's top `dense_depth` of every question, merged
+   (deduplicated; RRF order) -- the re-ranker makes their scores comparable.
+2. ranker (optional): the cross-encoder trained on the candidates with listwise cross-entropy,
+   - sum_i c_i log softmax(r)_i, c_i = 1 for positives: passages containing an answer string (no relevance
+   labels) or the split's gold passages (`ranker.positives: gold`). `ranker.steps: 0` uses `ranker.model`
+   as it is (a cross-encoder trained elsewhere).
+3. end to end: per question the re-ranker scores all candidates, the generator reads the top `n_generate`,
+   each passage alone, and its answer likelihood is marginalised with weights softmax(r) over them (RAG-token;
+   `distillir.readers.rag`), so the generator's loss trains the re-ranker too. The query encoder gets no
+   gradient from the generator: it is frozen, or trained by online distillation from the re-ranker,
+   alpha T^2 KL(softmax(r / T) || softmax(s / T)) over the candidates (alpha 0.9, T 10). The passage index is
+   frozen (the passage tower never trains), so the corpus is embedded once.
+4. eval: BM25, the start and the trained dense retriever, the merged candidates before and after re-ranking
+   (answer recall Top-k, gold MRR@10), and the generator's EM/F1 on the re-ranked top `n_generate`.
+
+Run directory: config.yaml, candidates/{train,eval}.jsonl, ranker/ (a phase), e2e/ (checkpoints, log.jsonl),
+final/{query_encoder,ranker,generator}, stages/*.json (finished stages: resume skips them), metrics.json,
+results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from distillir.errors import ConfigError, InputError
+from distillir.models import DEFAULT_ENCODER
+from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
+from distillir.recipes.fid_kd import FiDKDReader, build_reader, evaluate_retrieval, qa_queries
+from distillir.training.trainer import TrainConfig
+from distillir.utils.io import write_json
+from distillir.utils.log import get_logger
+
+logger = get_logger(__name__)
+
+STAGES_DIR = "stages"
+STAGES = ("candidates", "ranker", "e2e", "eval")
+
+
+@dataclass
+class Re2GRetrieval:
+    """The first stage: BM25 + a dense retriever, merged."""
+
+    bm25_depth: int = 12
+    dense_depth: int = 12
+    query_encoder: str = DEFAULT_ENCODER  # the dense retriever's start (its passage tower builds the index)
+    query_max_length: int = 40
+    passage_max_length: int = 256
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # corpus embedding precision
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.bm25_depth < 0 or self.dense_depth < 0 or self.bm25_depth + self.dense_depth < 2:
+            raise ConfigError("bm25_depth and dense_depth must be >= 0 and give at least 2 candidates together")
+
+
+@dataclass
+class Re2GRanker:
+    model: str = DEFAULT_ENCODER  # a trained cross-encoder (steps: 0) or an encoder to train (fresh head)
+    max_length: int = 256
+    query_max_length: int = 40
+    positives: Literal["answer", "gold"] = "answer"  # answer: passages containing an answer string (no labels)
+    steps: int = 100  # listwise CE steps before end-to-end training (0: use `model` as it is)
+    list_size: int = 8
+    trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=3e-5, warmup_ratio=0.1,
+                                                                      per_device_batch_size=4))
+
+
+@dataclass
+class Re2GEndToEnd:
+    n_generate: int = 5  # re-ranked passages the generator reads (Re2G: 5)
+    style: Literal["token", "sequence"] = "token"  # RAG-token or RAG-sequence marginalisation
+    query_encoder: Literal["distill", "frozen"] = "distill"
+    kd_alpha: float = 0.9
+    kd_temperature: float = 10.0
+    scale: float | None = None  # student scores = scale * q.p; null: 20 for unit-length embeddings, else 1
+    ranker_learning_rate: float | None = None  # null: trainer.learning_rate
+    query_learning_rate: float | None = None  # null: trainer.learning_rate
+    trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=3e-5, warmup_ratio=0.05,
+                                                                      per_device_batch_size=4, max_steps=200))
+
+    def __post_init__(self) -> None:
+        if self.n_generate < 1:
+            raise ConfigError(f"n_generate must be at least 1, got {self.n_generate}")
+        if self.kd_temperature <= 0 or self.kd_alpha < 0:
+            raise ConfigError("kd_temperature must be positive and kd_alpha non-negative")
+
+
+@dataclass
+class Re2GEval:
+    dataset: str | None = None  # None: the training dataset
+    split: str = "dev"
+    max_queries: int | None = 1000
+    top_k: int = 100  # depth of the BM25 / dense runs evaluated on their own
+    reader_max_queries: int | None = None  # generate for the first N eval questions only
+    batch_size: int = 8  # questions per generation batch
+
+
+@dataclass
+class Re2GConfig:
+    output_dir: str = "runs/re2g"
+    seed: int = 42
+    resume: bool = False
+    dataset: str = "squad-open"  # a QA dataset (question + answers per line)
+    train_split: str = "train"
+    max_train_queries: int | None = 1000
+    retrieval: Re2GRetrieval = field(default_factory=Re2GRetrieval)
+    ranker: Re2GRanker = field(default_factory=Re2GRanker)
+    generator: FiDKDReader = field(default_factory=FiDKDReader)  # the seq2seq model (n_passages: n_generate)
+    e2e: Re2GEndToEnd = field(default_factory=Re2GEndToEnd)
+    eval: Re2GEval | None = field(default_factory=Re2GEval)
+
+
+# ------------------------------------------------------------------------------------------- parts
+
+
+@dataclass
+class CandidateList:
+    """One training question with its merged candidates (passage ids, first-stage order)."""
+
+    index: int
+    qid: str
+    question: str
+    answers: list[str]
+    pids: list[str]
+
+
+def merged_candidates(bm25_run, dense_run, bm25_depth: int, dense_depth: int):
+    """Union of BM25's top `bm25_depth` and the dense top `dense_depth` per question, in RRF order."""
+    from distillir.retrievers.hybrid import reciprocal_rank_fusion
+
+    runs = [r.top(d) for r, d in ((bm25_run, bm25_depth), (dense_run, dense_depth)) if d > 0]
+    return reciprocal_rank_fusion(runs, top_k=bm25_depth + dense_depth)
+
+
+class Re2GModel(nn.Module):
+    """The three trained parts as one module, so one Trainer steps (and checkpoints) them together."""
+
+    def __init__(self, query_encoder, ranker, generator):
+        super().__init__()
+        self.query_encoder = query_encoder
+        self.ranker = ranker
+        self.generator = generator
+
+
+class Re2GCollator:
+    """CandidateLists -> {"pairs" (B*C re-ranker inputs), "query", "passage_embeddings" (B, C, d), "mask",
+    "rows" (indices into the training lists)}; C = the batch's longest list, shorter ones padded and masked."""
+
+    def __init__(self, ranker, encoder, corpus, passage_embeddings):
+        self.ranker = ranker
+        self.encoder = encoder
+        self.corpus = corpus
+        self.passage_embeddings = passage_embeddings
+
+    def __call__(self, examples: Sequence[CandidateList]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(ex.pids) for ex in examples)
+        rows = torch.zeros(len(examples), width, dtype=torch.long)
+        mask = torch.zeros(len(examples), width, dtype=torch.bool)
+        queries, titles, texts = [], [], []
+        for i, ex in enumerate(examples):
+            for j in range(width):
+                if j < len(ex.pids):
+                    row = self.corpus.index_of[ex.pids[j]]
+                    rows[i, j], mask[i, j] = row, True
+                    titles.append(self.corpus.titles[row])
+                    texts.append(self.corpus.texts[row])
+                else:
+                    titles.append("")
+                    texts.append("")
+                queries.append(ex.question)
+        return {
+            "pairs": self.ranker.tokenize(queries, titles, texts),
+            "query": self.encoder.tokenize_queries([ex.question for ex in examples]),
+            "passage_embeddings": self.passage_embeddings[rows] * mask.unsqueeze(-1),
+            "mask": mask,
+            "rows": torch.tensor([ex.index for ex in examples]),
+        }
+
+
+def generator_examples(lists: Sequence[CandidateList], chosen, corpus) -> list[dict]:
+    """Reader examples (ctxs layout) holding each question's chosen candidates, in the chosen order."""
+    examples = []
+    for ex, picks in zip(lists, chosen):
+        ctxs = []
+        for j in picks:
+            row = corpus.index_of[ex.pids[j]]
+            ctxs.append({"id": ex.pids[j], "title": corpus.titles[row], "text": corpus.texts[row]})
+        examples.append({"id": ex.qid, "question": ex.question, "answers": ex.answers, "ctxs": ctxs})
+    return examples
+
+
+def top_candidates(ranker_scores, mask, n: int):
+    """(B, n') indices of the best-scored real candidates (n' = min(n, C)) and (B, n') their log-weights
+    log softmax(r) over the chosen ones (-inf where a question has fewer than n' real candidates)."""
+    import torch
+
+    scores = ranker_scores.float().masked_fill(~mask, float("-inf"))
+    k = min(n, scores.shape[1])
+    top = scores.detach().topk(k, dim=1).indices
+    chosen = scores.gather(1, top)
+    return top, torch.log_softmax(chosen, dim=1), torch.isfinite(chosen)
+
+
+class Re2GLoss:
+    """Trainer loss: the generator's marginal NLL per answer token (weights from the re-ranker) plus, when the
+    query encoder is distilled, alpha * T^2 KL(softmax(r / T) || softmax(s / T)) over all candidates."""
+
+    def __init__(self, lists: Sequence[CandidateList], corpus, generator_collate, config: Re2GEndToEnd,
+                 scale: float):
+        from distillir.losses import KLDivergenceLoss
+
+        self.lists = lists
+        self.corpus = corpus
+        self.collate = generator_collate
+        self.config = config
+        self.scale = scale
+        self.kd = KLDivergenceLoss(config.kd_temperature, scale_by_t2=True) if config.query_encoder == "distill" \
+            else None
+
+    def __call__(self, model, batch):
+        import torch
+
+        from distillir.readers.fid import IGNORE_INDEX
+        from distillir.readers.rag import marginal_log_likelihood
+
+        mask = batch["mask"]
+        ranker_scores = model.ranker.list_scores(batch["pairs"], mask.shape[1])
+        top, log_weights, present = top_candidates(ranker_scores, mask, self.config.n_generate)
+        lists = [self.lists[int(i)] for i in batch["rows"]]
+        picks = [[int(j) for j, p in zip(row, ok) if p] for row, ok in zip(top.tolist(), present.tolist())]
+        gen_batch = self.collate(generator_examples(lists, picks, self.corpus)).to(ranker_scores.device)
+        log_likelihood = marginal_log_likelihood(model.generator, gen_batch, log_weights, self.config.style)
+        tokens = (gen_batch.labels != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
+        loss = -(log_likelihood / tokens).mean()
+        if self.kd is not None:
+            q = model.query_encoder.encode_query(batch["query"])
+            p = batch["passage_embeddings"].to(q.device)
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                student = torch.einsum("bd,bnd->bn", q.float(), p.float()) * self.scale
+            loss = loss + self.config.kd_alpha * self.kd(student, ranker_scores, mask)
+        return loss
+
+
+# ------------------------------------------------------------------------------------------- recipe
+
+
+class Re2GRecipe(Recipe):
+    """Re2G: BM25 + dense candidates -> cross-encoder -> marginalising generator, trained end to end."""
+
+    name = "re2g"
+    Config = Re2GConfig
+
+    def run(self, config: Re2GConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+        from distillir.data.datasets import load_dataset
+        from distillir.training.trainer import process_state
+
+        if process_state().num_processes > 1:
+            raise ConfigError("re2g runs in a single process (one GPU or the CPU); launch it without torchrun")
+        out = Path(config.output_dir)
+        if (out / STAGES_DIR).is_dir() and not config.resume:
+            raise ConfigError(f"{out} already holds a run; continue it with resume=true (distillir train "
+                              "--resume), or choose another output_dir")
+        out = self.prepare_output_dir(config)
+        seed_everything(config.seed)
+        self.callbacks = list(callbacks)
+        train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
+                             seed=config.seed)
+        self.corpus = train.corpus
+        self.gold = train.qrels
+        self.train_queries = qa_queries(train.queries)
+        if not len(self.train_queries):
+            raise ConfigError(f"{config.dataset}/{config.train_split}: no question has an answer to learn from")
+        self.eval_ds = None
+        if config.eval is not None:
+            self.eval_ds = load_dataset(config.eval.dataset or config.dataset, config.eval.split,
+                                        max_queries=config.eval.max_queries, seed=config.seed)
+            if self.eval_ds.corpus.fingerprint() == self.corpus.fingerprint():
+                self.eval_ds.corpus = self.corpus
+        self._encoder = None
+        record = {}
+        record["candidates"] = self._stage(out, "candidates", lambda: self._candidates(config, out))
+        record["ranker"] = self._stage(out, "ranker", lambda: self._train_ranker(config, out))
+        record["e2e"] = self._stage(out, "e2e", lambda: self._end_to_end(config, out))
+        if config.eval is not None:
+            record["eval"] = self._stage(out, "eval", lambda: self._evaluate(config, out))
+            write_json(out / METRICS_FILE, record["eval"])
+        results = {"recipe": self.name, "output_dir": str(out), "train_questions": len(self.train_queries),
+                   "final": {k: str(out / FINAL_DIR / k) for k in ("query_encoder", "ranker", "generator")},
+                   "metrics": (record.get("eval") or {}).get("metrics"), "stages": record}
+        self.write_results(out, results)
+        return results
+
+    # ----------------------------------------------------------------------------------- stages
+
+    @staticmethod
+    def _stage(out: Path, name: str, fn) -> dict[str, Any]:
+        """Run a stage unless its marker says it finished; the marker is written last, atomically."""
+        marker = out / STAGES_DIR / f"{name}.json"
+        if marker.is_file():
+            logger.info("re2g: %s already done: skipping", name)
+            return {**json.loads(marker.read_text(encoding="utf-8")), "skipped": True}
+        logger.info("re2g: %s", name)
+        start = time.perf_counter()
+        info = fn()
+        info["wall_s"] = round(time.perf_counter() - start, 3)
+        write_json(marker, info)
+        return {**info, "skipped": False}
+
+    def _start_encoder(self, config: Re2GConfig):
+        """The dense retriever to start from: separate towers, the passage tower frozen (it builds the index)."""
+        from distillir.retrievers.dense.encoder import BiEncoder
+
+        r = config.retrieval
+        encoder = BiEncoder.from_pretrained(r.query_encoder, shared=False, query_max_length=r.query_max_length,
+                                            passage_max_length=r.passage_max_length)
+        encoder.freeze_passage_tower()
+        return encoder
+
+    def _dense(self, encoder, corpus, config: Re2GConfig):
+        from distillir.retrievers.dense.retriever import DenseRetriever
+
+        r = config.retrieval
+        return DenseRetriever.build(corpus, encoder, batch_size=r.batch_size, dtype=r.dtype, cache=True)
+
+    def _candidates(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
+        from distillir.retrievers.bm25 import bm25_cached
+
+        r = config.retrieval
+        d = out / "candidates"
+        encoder = self._start_encoder(config)
+        info: dict[str, Any] = {}
+        for split, queries, corpus in (("train", self.train_queries, self.corpus),
+                                       *((("eval", self.eval_ds.queries, self.eval_ds.corpus),)
+                                         if self.eval_ds is not None else ())):
+            depth = max(r.bm25_depth, r.dense_depth, config.eval.top_k if split == "eval" and config.eval else 0)
+            bm25 = bm25_cached(corpus).search(queries, top_k=depth)
+            dense = self._dense(encoder, corpus, config).search(queries, top_k=depth)
+            merged = merged_candidates(bm25, dense, r.bm25_depth, r.dense_depth)
+            merged.write_jsonl(d / f"{split}.jsonl", queries, corpus)
+            if split == "eval":
+                bm25.write_trec(d / "eval_bm25.trec", tag="bm25")
+                dense.write_trec(d / "eval_dense_start.trec", tag="dense-start")
+                info["metrics"] = {"bm25": evaluate_retrieval(bm25, self.eval_ds),
+                                   "dense_start": evaluate_retrieval(dense, self.eval_ds),
+                                   "merged": evaluate_retrieval(merged, self.eval_ds)}
+            info[f"{split}_questions"] = len(merged)
+            info[f"{split}_mean_candidates"] = sum(len(h) for _, h in merged.items()) / max(len(merged), 1)
+        return info
+
+    def _lists(self, path: Path) -> list[CandidateList]:
+        from distillir.readers.fid import load_fid_examples
+
+        lists = []
+        for ex in load_fid_examples(path):
+            if ex.get("answers") and ex["ctxs"]:
+                lists.append(CandidateList(len(lists), str(ex["id"]), ex["question"], list(ex["answers"]),
+                                           [str(c["id"]) for c in ex["ctxs"]]))
+        return lists
+
+    def _train_ranker(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
+        from distillir.data.negatives import TrainingExample
+        from distillir.evaluation.answers import has_answer
+        from distillir.rankers.cross_encoder import CrossEncoder
+        from distillir.recipes.cross_encoder import train_ranker
+
+        cfg = config.ranker
+        if cfg.steps == 0:
+            return {"ranker": cfg.model, "trained": False}
+        examples = []
+        for ex in self._lists(out / "candidates" / "train.jsonl"):
+            if cfg.positives == "gold":
+                gold = set((self.gold or {}).get(ex.qid, {}))
+                pos = [p for p in ex.pids if p in gold]
+            else:
+                pos = [p for p in ex.pids if has_answer(ex.answers, self.corpus.texts[self.corpus.index_of[p]])]
+            neg = [p for p in ex.pids if p not in pos]
+            if pos and neg:
+                examples.append(TrainingExample(ex.qid, ex.question, pos, neg))
+        if not examples:
+            raise InputError(out / "candidates" / "train.jsonl",
+                             f"no training question has both a positive ({cfg.positives}) and a negative candidate")
+        ranker = CrossEncoder.from_pretrained(cfg.model, max_length=cfg.max_length,
+                                              query_max_length=cfg.query_max_length)
+        summary = train_ranker(ranker, examples, self.corpus, cfg.list_size, cfg.trainer, out / "ranker",
+                               seed=config.seed, resume=config.resume, callbacks=self.callbacks,
+                               max_steps=cfg.steps)
+        return {"ranker": str(out / "ranker" / FINAL_DIR), "trained": True, "lists": len(examples),
+                "train": summary}
+
+    def _ranker_path(self, config: Re2GConfig, out: Path) -> str:
+        return str(out / "ranker" / FINAL_DIR) if config.ranker.steps > 0 else config.ranker.model
+
+    def _end_to_end(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
+        from distillir.rankers.cross_encoder import CrossEncoder
+        from distillir.retrievers.dense.encoder import encode_corpus_cached
+        from distillir.training.trainer import Trainer, TrainingArguments
+
+        e = config.e2e
+        lists = self._lists(out / "candidates" / "train.jsonl")
+        encoder = self._start_encoder(config)
+        if e.query_encoder == "frozen":
+            encoder.requires_grad_(False)
+        scale = e.scale or (20.0 if encoder.settings.normalize else 1.0)
+        ranker = CrossEncoder.from_pretrained(self._ranker_path(config, out), max_length=config.ranker.max_length,
+                                              query_max_length=config.ranker.query_max_length)
+        generator = build_reader(config.generator, e.n_generate, config.seed)
+        embeddings = encode_corpus_cached(encoder, self.corpus, config.retrieval.batch_size,
+                                          dtype=config.retrieval.dtype)
+        model = Re2GModel(encoder, ranker, generator)
+        lr = e.trainer.learning_rate
+        groups = [{"params": generator, "lr": lr}, {"params": ranker, "lr": e.ranker_learning_rate or lr}]
+        if e.query_encoder == "distill":
+            groups.append({"params": encoder.query_model, "lr": e.query_learning_rate or lr})
+        collate = generator.collator(e.n_generate, answer_choice=config.generator.answer_choice,
+                                     seed=config.seed, labels=True)
+        args = TrainingArguments.from_config(e.trainer, output_dir=out / "e2e", seed=config.seed,
+                                             resume=config.resume)
+        trainer = Trainer(model, args, lists, Re2GCollator(ranker, encoder, self.corpus, embeddings),
+                          loss_fn=Re2GLoss(lists, self.corpus, collate, e, scale), param_groups=groups,
+                          callbacks=self.callbacks)
+        summary = trainer.train()
+        final = out / FINAL_DIR
+        encoder.save_pretrained(final / "query_encoder")
+        ranker.save_pretrained(final / "ranker")
+        generator.save_pretrained(final / "generator")
+        return {"train": summary, "lists": len(lists), "scale": scale}
+
+    def _evaluate(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
+        import torch
+
+        from distillir.evaluation.qa import evaluate_answers
+        from distillir.evaluation.run import Run
+        from distillir.rankers.cross_encoder import CrossEncoder
+        from distillir.readers.fid import FiDReader, batched
+        from distillir.readers.rag import marginal_generate
+        from distillir.retrievers.bm25 import bm25_cached
+        from distillir.retrievers.dense.encoder import BiEncoder
+
+        r, ev, e = config.retrieval, config.eval, config.e2e
+        final = out / FINAL_DIR
+        encoder = BiEncoder.from_pretrained(final / "query_encoder")
+        ds = self.eval_ds
+        dense = self._dense(encoder, ds.corpus, config).search(ds.queries, top_k=max(ev.top_k, r.dense_depth))
+        bm25 = bm25_cached(ds.corpus).search(ds.queries, top_k=r.bm25_depth)
+        merged = merged_candidates(bm25, dense, r.bm25_depth, r.dense_depth)
+        ranker = CrossEncoder.from_pretrained(final / "ranker")
+        reranked = ranker.rerank(merged, ds.queries, ds.corpus, top_k=r.bm25_depth + r.dense_depth,
+                                 batch_size=64)
+        reranked.write_trec(out / "eval" / "reranked.trec", tag="re2g")
+        metrics: dict[str, Any] = {"dense_trained": evaluate_retrieval(dense, ds),
+                                   "merged_trained": evaluate_retrieval(merged, ds),
+                                   "reranked": evaluate_retrieval(reranked, ds)}
+        generator = FiDReader.from_pretrained(final / "generator", n_passages=e.n_generate,
+                                              passage_max_length=config.generator.passage_max_length,
+                                              answer_max_length=config.generator.answer_max_length)
+        generator.eval()
+        qids = [q for q in ds.queries.ids if reranked.get(q)]
+        if ev.reader_max_queries is not None:
+            qids = qids[: ev.reader_max_queries]
+        collate = generator.collator(e.n_generate, labels=False)
+        predictions: dict[str, str] = {}
+        for chunk in batched(qids, ev.batch_size):
+            examples, weights = [], []
+            for qid in chunk:
+                hits = reranked[qid][: e.n_generate]
+                row = ds.queries.index_of[qid]
+                examples.append({"id": qid, "question": ds.queries.texts[row], "ctxs": [
+                    {"id": pid, "title": ds.corpus.titles[ds.corpus.index_of[pid]],
+                     "text": ds.corpus.texts[ds.corpus.index_of[pid]]} for pid, _ in hits]})
+                scores = torch.tensor([s for _, s in hits] + [float("-inf")] * (e.n_generate - len(hits)))
+                weights.append(torch.log_softmax(scores, dim=0))
+            batch = collate(examples).to(generator.device)
+            answers = marginal_generate(generator, batch, torch.stack(weights).to(generator.device),
+                                        max_new_tokens=config.generator.answer_max_length)
+            predictions.update(zip(batch.qids, answers))
+        write_json(out / "eval" / "predictions.json", predictions)
+        metrics["generator"] = evaluate_answers(predictions, ds.queries.subset(qids))
+        start = json.loads((out / STAGES_DIR / "candidates.json").read_text(encoding="utf-8")).get("metrics", {})
+        return {"metrics": {**start, **metrics}}
+
+
+__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GLoss", "Re2GRecipe", "merged_candidates",
+           "top_candidates"]
