@@ -26,6 +26,7 @@ RECIPES: dict[str, str] = {
     "ar2": "distillir.recipes.ar2:AR2Recipe",
     "fid-kd": "distillir.recipes.fid_kd:FiDKDRecipe",
     "re2g": "distillir.recipes.re2g:Re2GRecipe",
+    "dgr": "distillir.recipes.dgr:DGRRecipe",
 }
 
 

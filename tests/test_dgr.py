@@ -1,0 +1,130 @@
+"""DGR: identifiers and their prefix tree, the student's scores and constrained search, the loss as its parts,
+and the recipe end to end (tiny random models) with resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipe_cross_encoder import make_dataset
+
+from distillir.data.loaders import load_corpus
+from distillir.errors import ConfigError, InputError
+from distillir.losses import DistilledRankNetLoss
+from distillir.readers.fid import FiDReader
+from distillir.recipes import get_recipe
+from distillir.recipes.dgr import DGRCollator, DGRConfig, DGRLoss, DGRRecipe, DGRStudent, RankedList
+from distillir.retrievers.generative import DocidTrie, GenerativeRetriever, make_docids
+from distillir.teachers.scores import read_teacher_scores
+from distillir.training.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture()
+def student(tiny_dataset, tiny_bert_dir):
+    torch.manual_seed(0)
+    corpus = load_corpus(tiny_dataset)
+    reader = FiDReader.from_encoder(tiny_bert_dir, n_passages=1)
+    return GenerativeRetriever(reader, corpus.ids, make_docids(corpus), query_max_length=16, docid_max_length=12)
+
+
+def test_docids_are_unique_and_the_trie_allows_only_their_continuations(tiny_dataset):
+    corpus = load_corpus(tiny_dataset)
+    docids = make_docids(corpus)
+    assert len(set(docids)) == len(docids) and docids[0].endswith(" | 1")
+    assert docids[1] == "d0b | 1"  # no title: the id stands in
+    assert make_docids(corpus, "id") == list(corpus.ids)
+    trie = DocidTrie([[5, 6, 2], [5, 7, 2], [8, 2]])
+    assert sorted(trie.next_tokens([])) == [5, 8] and sorted(trie.next_tokens([5])) == [6, 7]
+    assert trie.next_tokens([5, 9]) == [] and trie.row_of([5, 7, 2]) == 1 and trie.row_of([5, 7]) is None
+    with pytest.raises(InputError, match="share"):
+        DocidTrie([[1, 2], [1, 2]])
+    with pytest.raises(ConfigError):
+        make_docids(corpus, "semantic")
+
+
+def test_search_returns_real_passages_scored_as_their_identifier_log_probability(student):
+    student.reader.eval()
+    run = student.search({"q": "what do scientists study about the volcano"}, top_k=4)
+    hits = run["q"]
+    assert 1 <= len(hits) <= 4 and all(pid in student.row_of_pid for pid, _ in hits)
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True)
+    with torch.no_grad():
+        forced = student.score(student.tokenize_queries(["what do scientists study about the volcano"]),
+                               student.docid_labels([pid for pid, _ in hits]), per_query=len(hits))[0]
+    torch.testing.assert_close(forced, torch.tensor(scores), rtol=1e-4, atol=1e-4)
+
+
+def test_loss_is_the_positive_nll_plus_weighted_ranknet(student):
+    config = DGRStudent(rank_weight=0.5, base_margin=1.0, margin_step=0.5, list_size=3)
+    lists = [RankedList("a", "volcano research", ["d0a", "d1a", "d2b"]), RankedList("b", "glacier", ["d1a", "d0b"])]
+    batch = DGRCollator(student, 3)(lists)
+    assert batch["index"] is None and batch["lists"]["mask"].tolist() == [[True] * 3, [True, True, False]]
+    student.reader.eval()
+    with torch.no_grad():
+        loss = DGRLoss(student, config)(student.reader, batch)
+        s = student.score(batch["lists"]["query"], batch["lists"]["labels"], per_query=3)
+        tokens = (batch["lists"]["labels"] != -100).sum(-1).view(2, 3)[:, 0]
+        want = (-s[:, 0] / tokens).mean() + 0.5 * DistilledRankNetLoss(1.0, 0.5, 3.0)(s, mask=batch["lists"]["mask"])
+    torch.testing.assert_close(loss, want)
+
+
+def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> DGRConfig:
+    return load_config(DGRConfig, None, [
+        f"output_dir={out}", f"dataset={data}", "seed=2", "candidates=6", "positives=gold",
+        f"teacher.model={bert}", "teacher.max_length=40", "teacher.query_max_length=16", "teacher.steps=2",
+        "teacher.list_size=3", "teacher.trainer={per_device_batch_size: 2, learning_rate: 1.0e-3, save_steps: 1}",
+        "student.seq2seq.init=encoder-decoder", f"student.seq2seq.model={bert}", "student.query_max_length=16",
+        "student.docid_max_length=12", "student.list_size=3", "student.indexing_words=8",
+        "student.trainer={per_device_batch_size: 4, max_steps: 3, learning_rate: 1.0e-3, save_steps: 1, "
+        "log_steps: 1}",
+        "eval.split=test", "eval.top_k=3", "eval.batch_size=4", *extra,
+    ])
+
+
+def test_recipe_end_to_end_and_resume(tiny_dataset, tiny_bert_dir, tmp_path):
+    out = tmp_path / "run"
+    results = DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out))
+    assert get_recipe("dgr") is DGRRecipe and list(results["stages"]) == ["candidates", "teacher", "student", "eval"]
+    assert results["stages"]["student"]["indexing_examples"] == 16
+    # The teacher's lists in the shared score format: the gold passage first, then negatives by teacher score.
+    scores = read_teacher_scores(out / "teacher" / "scores.jsonl")
+    assert len(scores) == 8
+    for qid in scores:
+        pids, values = scores[qid]
+        assert pids[0] == f"d{qid.removeprefix('train')}a"
+        assert values[1:] == sorted(values[1:], reverse=True)
+    for key in ("nDCG@10", "R@100"):
+        assert 0.0 <= results["metrics"][key] <= 1.0 and key in results["bm25_metrics"]
+    loaded = GenerativeRetriever.from_pretrained(out / "final")
+    assert len(loaded.passage_ids) == 16
+    again = DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, "resume=true"))
+    assert all(stage["skipped"] for stage in again["stages"].values()) and again["metrics"] == results["metrics"]
+    with pytest.raises(ConfigError, match="already holds"):
+        DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out))
+
+
+def test_config_checks_and_shipped_configs():
+    with pytest.raises(ConfigError):
+        load_config(DGRConfig, None, ["student.list_size=1"])
+    with pytest.raises(ConfigError):
+        load_config(DGRConfig, None, ["candidates=1"])
+    for name in ("dgr-scifact-cpu.yaml", "dgr-gpu.yaml"):
+        load_config(DGRConfig, REPO / "configs" / name, [])
