@@ -396,38 +396,12 @@ def agreement_lists(rounds: dict) -> str:
 
 
 def teacher_quality(scores_file: Path, lists_file: Path) -> dict:
-    """How often the teacher's top passage contains an answer string, against the retriever's own top passage,
-    over the training lists that hold at least one answer-bearing passage (answers are what FiD-KD trains the
-    reader on; this reads no relevance label). Also the mean reciprocal rank of the first answer-bearing
-    passage under either order."""
-    from distillir.evaluation.answers import has_answer
+    """`distillir.teachers.quality.answer_hits` of a score file over the retriever's lists it scored."""
     from distillir.readers.fid import load_fid_examples
+    from distillir.teachers.quality import answer_hits
     from distillir.teachers.scores import read_teacher_scores
 
-    scores = read_teacher_scores(scores_file)
-    lists = answer_lists = teacher_hit = retriever_hit = 0
-    teacher_rr = retriever_rr = 0.0
-    for ex in load_fid_examples(lists_file):
-        qid = str(ex["id"])
-        if qid not in scores:
-            continue
-        pids, values = scores[qid]
-        text = {str(c["id"]): (c.get("title"), c["text"]) for c in ex["ctxs"]}
-        hits = [has_answer(ex["answers"], text[p][1]) for p in pids if p in text]
-        if len(hits) != len(pids):
-            continue
-        lists += 1
-        if not any(hits):
-            continue
-        answer_lists += 1
-        by_teacher = sorted(range(len(pids)), key=lambda i: -values[i])
-        teacher_hit += hits[by_teacher[0]]
-        retriever_hit += hits[0]  # score files keep the retriever's order
-        teacher_rr += 1.0 / (1 + next(r for r, i in enumerate(by_teacher) if hits[i]))
-        retriever_rr += 1.0 / (1 + next(i for i, h in enumerate(hits) if h))
-    n = max(answer_lists, 1)
-    return {"lists": lists, "answer_lists": answer_lists, "teacher_hit@1": teacher_hit / n,
-            "retriever_hit@1": retriever_hit / n, "teacher_mrr": teacher_rr / n, "retriever_mrr": retriever_rr / n}
+    return answer_hits(read_teacher_scores(scores_file), load_fid_examples(lists_file))
 
 
 # ------------------------------------------------------------------------------------------- pieces

@@ -246,3 +246,27 @@ def test_loop_is_the_loss_increase_without_the_passage(reader):
         rest = [c for j, c in enumerate(example["ctxs"]) if j != k]
         assert scores[0, k].item() == pytest.approx(_single_passage_loss(reader, example, rest) - full, abs=1e-4)
     assert scores[1].tolist()[0] == 0.0 and scores[1, 1].item() == -math.inf  # a lone passage; absent slots
+
+
+def test_answer_hits_against_hand_counted_lists():
+    from distillir.teachers import TeacherScores, answer_hits
+
+    def ctx(pid, text):
+        return {"id": pid, "title": "", "text": text}
+
+    examples = [
+        # retriever's first passage has the answer; the teacher prefers the second, which does not
+        {"id": "q1", "answers": ["Paris"], "ctxs": [ctx("a", "Paris is big"), ctx("b", "Lyon"), ctx("c", "Nice")]},
+        # the answer is third for the retriever, first for the teacher
+        {"id": "q2", "answers": ["1871"], "ctxs": [ctx("d", "no"), ctx("e", "nope"), ctx("f", "in 1871")]},
+        # no passage holds the answer: counted in lists, not in answer_lists
+        {"id": "q3", "answers": ["x9"], "ctxs": [ctx("g", "none"), ctx("h", "none")]},
+    ]
+    scores = TeacherScores("hand")
+    scores.add("q1", ["a", "b", "c"], [0.1, 0.9, 0.0])
+    scores.add("q2", ["d", "e", "f"], [0.0, 0.1, 0.5])
+    scores.add("q3", ["g", "h"], [1.0, 0.0])
+    got = answer_hits(scores, examples)
+    assert got["lists"] == 3 and got["answer_lists"] == 2
+    assert got["teacher_hit@1"] == 0.5 and got["retriever_hit@1"] == 0.5
+    assert got["teacher_mrr"] == pytest.approx((1 / 2 + 1) / 2) and got["retriever_mrr"] == pytest.approx((1 + 1 / 3) / 2)

@@ -743,6 +743,7 @@ class FiDKDRecipe(Recipe):
 
     def _score(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         from distillir.readers.fid import load_fid_examples
+        from distillir.teachers.quality import answer_hits
 
         reader = self._reader(config, rd / "reader" / FINAL_DIR)
         examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
@@ -750,7 +751,14 @@ class FiDKDRecipe(Recipe):
                                n_passages=config.n_passages, batch_size=config.reader.batch_size,
                                dtype=config.reader.inference_dtype)
         scores.write(rd / "teacher" / SCORES_FILE)
-        return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE)}
+        hits = answer_hits(scores, examples)
+        if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:
+            logger.warning("round %s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's "
+                           "own first passage in %.1f%%: this teacher knows less than the retriever it teaches "
+                           "(train the reader longer, or use another aggregation)", rd.name,
+                           100 * hits["teacher_hit@1"], 100 * hits["retriever_hit@1"])
+        return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE),
+                "answer_hits": hits}
 
     def _train_retriever(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         from distillir.teachers.scores import read_teacher_scores

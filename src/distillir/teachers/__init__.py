@@ -19,6 +19,7 @@ _LAZY = {
     "AttentionUnavailableError": "attention",
     "aggregate_cross_attention": "attention",
     "answer_log_likelihood": "likelihood",
+    "answer_hits": "quality",
     "leave_one_out_scores": "likelihood",
 }
 
@@ -28,6 +29,7 @@ __all__ = [
     "AttentionUnavailableError",
     "TeacherScores",
     "aggregate_cross_attention",
+    "answer_hits",
     "answer_log_likelihood",
     "leave_one_out_scores",
     "read_teacher_scores",
