@@ -373,6 +373,11 @@ def reading(res: dict) -> str:
             best.sort(key=lambda x: -x[1])
             parts.append(f"{name.title()} ablation, Top-5 best first: " + ", ".join(f"{n} {v:.3f}" for n, v in best)
                          + ".")
+    tq = res.get("teacher_quality") or {}
+    if tq:
+        parts.append("What the teachers know (answer-bearing top passage, teacher vs the retriever that built the "
+                     "lists): " + "; ".join(f"{name} {v['teacher_hit@1']:.2f} vs {v['retriever_hit@1']:.2f}"
+                                            for name, v in tq.items()) + ".")
     ov = res.get("overhead")
     if ov and "fid (same pass, with labels)" in ov["variants"]:
         r = ov["variants"]["fid (same pass, with labels)"]["ratio"]
@@ -587,13 +592,13 @@ class Bench:
 
     # ---- ablations ---------------------------------------------------------------------------
 
-    def _teacher_run(self, name: str, scores_file: Path, loss: str) -> dict:
+    def _teacher_run(self, name: str, scores_file: Path, loss: str, *extra: str) -> dict:
         """One round from the same student start, distilled from `scores_file` with `loss`."""
         from distillir.recipes.fid_kd import FiDKDRecipe
 
         out = self.work / "ablations" / name
         config = recipe_config(self.args, out, self.data_dir, "rounds=1", f"teacher_scores={scores_file}",
-                               f"retriever.loss={loss}", "eval.start_retriever=false", "eval.reader=false")
+                               f"retriever.loss={loss}", "eval.start_retriever=false", "eval.reader=false", *extra)
         start = time.perf_counter()
         results = FiDKDRecipe().run(config)
         r = results["rounds"][0]
@@ -616,6 +621,12 @@ class Bench:
                 log(f"loss ablation: {loss}")
                 section[loss] = self._teacher_run(f"loss-{loss}", scores, loss)
                 self.save()
+        raw = "kl, raw scores"
+        if section.get(raw) is None:  # the paper's targets: softmax of the unstandardised attention scores
+            log("loss ablation: kl on raw teacher scores (normalize: none)")
+            section[raw] = {**self._teacher_run("loss-kl-raw", scores, "kl", "teacher.normalize=none"),
+                            "note": "teacher scores not standardised (the paper)"}
+            self.save()
 
     def _round1_reader(self):
         from distillir.recipes.fid_kd import _torch_device, build_reader
