@@ -128,3 +128,12 @@ def test_config_checks_and_shipped_configs():
         load_config(DGRConfig, None, ["candidates=1"])
     for name in ("dgr-scifact-cpu.yaml", "dgr-gpu.yaml"):
         load_config(DGRConfig, REPO / "configs" / name, [])
+
+
+def test_identifiers_that_tokenize_alike_are_made_distinct(tiny_bert_dir):
+    reader = FiDReader.from_encoder(tiny_bert_dir, n_passages=1)
+    docids = ["Volcano | 1", "VOLCANO | 1", "a very long title that the limit cuts | 1",
+              "a very long title that the limit cuts | 2"]
+    student = GenerativeRetriever(reader, ["p1", "p2", "p3", "p4"], docids, docid_max_length=6)
+    assert len({tuple(t) for t in student.docid_tokens}) == 4
+    assert student.docids[1] == "VOLCANO | 1 ~2" and all(len(t) <= 6 for t in student.docid_tokens)

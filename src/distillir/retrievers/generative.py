@@ -36,9 +36,10 @@ def make_docids(corpus, scheme: str = "title") -> list[str]:
     seen: dict[str, int] = {}
     docids = []
     for pid, title in zip(corpus.ids, corpus.titles):
-        base = (title or "").strip() or str(pid)
-        seen[base] = seen.get(base, 0) + 1
-        docids.append(f"{base} | {seen[base]}")
+        base = " ".join((title or "").split()) or str(pid)
+        key = base.lower()  # count case variants together: most tokenizers lowercase
+        seen[key] = seen.get(key, 0) + 1
+        docids.append(f"{base} | {seen[key]}")
     return docids
 
 
@@ -82,7 +83,7 @@ class GenerativeRetriever:
         self.docids = list(docids)
         self.query_max_length = query_max_length
         self.docid_max_length = docid_max_length
-        self.docid_tokens = [self._docid_ids(d) for d in self.docids]
+        self.docid_tokens = self._unique_tokens()
         self.trie = DocidTrie(self.docid_tokens)
         self.row_of_pid = {pid: i for i, pid in enumerate(self.passage_ids)}
 
@@ -94,10 +95,30 @@ class GenerativeRetriever:
     def model(self):
         return self.reader.model
 
-    def _docid_ids(self, docid: str) -> list[int]:
-        ids = self.tokenizer(docid, add_special_tokens=False, truncation=True,
-                             max_length=self.docid_max_length - 1)["input_ids"]
-        return [*ids, self.reader.eos_token_id]
+    def _docid_ids(self, docid: str, suffix: str = "") -> list[int]:
+        """Identifier tokens + EOS within docid_max_length; a suffix survives truncation of the docid."""
+        tail = self.tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+        room = self.docid_max_length - 1 - len(tail)
+        if room < 1:
+            raise ConfigError(f"docid_max_length {self.docid_max_length} leaves no room for an identifier")
+        ids = self.tokenizer(docid, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+        return [*ids, *tail, self.reader.eos_token_id]
+
+    def _unique_tokens(self) -> list[list[int]]:
+        """Token sequences of the identifiers; two that tokenize alike (case, accents, truncation) get
+        " ~2", " ~3", ... appended until they differ (the docid strings record it)."""
+        seen: set[tuple[int, ...]] = set()
+        out = []
+        for i, docid in enumerate(self.docids):
+            tokens, k = self._docid_ids(docid), 1
+            while tuple(tokens) in seen:
+                k += 1
+                tokens = self._docid_ids(docid, f" ~{k}")
+            if k > 1:
+                self.docids[i] = f"{docid} ~{k}"
+            seen.add(tuple(tokens))
+            out.append(tokens)
+        return out
 
     def tokenize_queries(self, queries: Sequence[str]):
         return self.tokenizer(list(queries), max_length=self.query_max_length, truncation=True, padding="longest",
