@@ -44,8 +44,9 @@ COLUMNS = {
 }
 PRIMARY = {"scifact": "nDCG@10", "squad-open": "Top-5"}
 BM25_REFERENCE = {"scifact": ("BEIR's published BM25 nDCG@10", 0.665)}
-ORDER = ["bm25", "minilm", "cross_encoder", "rerank_bm25", "rocketqa_dynamic", "ar2_lambda_0.5", "dpr",
-         "rerank_dpr", "hard_negatives", "ar2_lambda_0", "rocketqa_static"]
+# Run order: each comparison's pair back to back, so a run cut short still holds whole comparisons.
+ORDER = ["bm25", "minilm", "cross_encoder", "rerank_bm25", "rocketqa_dynamic", "rocketqa_static", "ar2_lambda_0.5",
+         "ar2_lambda_0", "hard_negatives", "dpr", "rerank_dpr"]
 
 
 def log(msg: str) -> None:
