@@ -15,7 +15,9 @@ to Retriever"); see `distillir.teachers.attention`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -41,6 +43,21 @@ SETTINGS_FILE = "fid_reader.json"
 IGNORE_INDEX = -100  # label value the loss skips (answer padding)
 CAPTURES = ("logits", "eager")
 _T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' own warnings off for one block (its verbosity restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,7 +388,11 @@ class FiDReader(nn.Module):
 
         path = str(path)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-        model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, **(model_kwargs or {}))
+        # transformers reports every new cross-attention weight and every unused encoder layer as a
+        # "load report"; both are expected in a warm start, so one line says it instead.
+        with _transformers_quiet():
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, **(model_kwargs or {}))
+        logger.info("reader warm-started from %s: decoder cross-attention and LM head are newly initialised", path)
         start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         if start is None or eos is None or tokenizer.pad_token_id is None:
