@@ -331,8 +331,8 @@ def markdown(res: dict) -> str:
     env = res.get("environment", {})
     status = "complete" if res.get("complete") else "PARTIAL (rerun the command to continue)"
     out = [f"# Retriever-ranker co-training on {ds}", "",
-           f"Run {env.get('date_utc')} on {env.get('cpu_model', 'CPU')}; torch {env.get('torch')}, transformers "
-           f"{env.get('transformers')}. Status: {status}.", "",
+           (f"Run {env.get('date_utc')} on {env.get('cpu_model', 'CPU')}; torch {env.get('torch')}, transformers "
+            f"{env.get('transformers')}. Status: {status}."), "",
            (f"Evaluation: {res.get('eval_queries')} {SPLITS[ds]} queries over {res.get('corpus_passages')} passages. "
             f"Training: {s['train_questions'] or 'all'} training queries ({s['denoise_questions']} for RocketQAv2, "
             f"whose denoising re-scores each one's top 20). Every retriever: {s['model'].split('/')[-1]}, "

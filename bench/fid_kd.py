@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -209,6 +210,10 @@ def metric_row(label: str, metrics: dict | None, note: str = "") -> dict:
     return row
 
 
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def fmt(value, digits: int = 3) -> str:
     if value is None:
         return "—"
@@ -308,6 +313,18 @@ def markdown(res: dict) -> str:
         rows = [metric_row(name, m.get("metrics"), m.get("note", "")) for name, m in abl["aggregation"].items()]
         out += ["## Teacher aggregation ablation (scores from the same round-1 reader, KL, equal steps)", "",
                 table(rows, cols), ""]
+    collapse = res.get("collapse") or {}
+    if collapse:
+        rows = [{"system": name, "distinct first passages": v["distinct_top1"],
+                 "commonest first passage's share": v["top1_max_share"], "collapsed": "yes" if v["collapsed"] else ""}
+                for name, v in collapse.items()]
+        out += ["## Does the retriever still depend on the query? (dev, no labels needed)", "",
+                table(rows, ["system", "distinct first passages", "commonest first passage's share", "collapsed"]),
+                "",
+                (f"For each run over the {res.get('eval_questions', '?')} dev questions: how many distinct passages "
+                 "are ranked first, and the share of questions whose first passage is the commonest one "
+                 "(`distillir.evaluation.top1_concentration`; 'collapsed' above a 0.2 share). The fid-kd recipe "
+                 "records this for every round and warns when a round collapses."), ""]
     if rounds:
         stages = ["retrieve", "reader", "reader_eval", "teacher", "retriever", "index"]
         rows = [{"stage": st, **{f"round {k}": (rounds[k].get(st) or {}).get("wall_s") for k in rounds}}
@@ -378,6 +395,12 @@ def reading(res: dict) -> str:
         parts.append("What the teachers know (answer-bearing top passage, teacher vs the retriever that built the "
                      "lists): " + "; ".join(f"{name} {v['teacher_hit@1']:.2f} vs {v['retriever_hit@1']:.2f}"
                                             for name, v in tq.items()) + ".")
+    collapsed = {name: v for name, v in (res.get("collapse") or {}).items() if v["collapsed"]}
+    if collapsed:
+        parts.append("Collapsed (one passage first for most dev questions): " + "; ".join(
+            f"{name} ({v['top1_max_share']:.0%} of questions get passage {v['top1_max_pid']} first)"
+            for name, v in collapsed.items()) + ": the student learnt a direction every query follows, not the "
+            "query-specific part of its teacher's scores, which at this scale is noise (see what the teacher knows).")
     ov = res.get("overhead")
     if ov and "fid (same pass, with labels)" in ov["variants"]:
         r = ov["variants"]["fid (same pass, with labels)"]["ratio"]
@@ -468,6 +491,7 @@ class Bench:
             self.loss_ablation()
             self.aggregation_ablation()
         self.teacher_report()
+        self.collapse_report()
         self.res["complete"] = True
         self.save()
         log(f"done in {time.perf_counter() - self.t0:.0f} s; wrote bench/results/{s['name']}.json and .md")
@@ -520,6 +544,26 @@ class Bench:
         if found:
             self.save()
 
+    def collapse_report(self) -> None:
+        """top1_concentration of every dev run on disk: does each retriever still depend on the query?"""
+        from distillir.evaluation.diagnostics import top1_concentration
+        from distillir.evaluation.run import Run
+
+        main = self.work / "main"
+        found = {"BM25": main / "round-1" / "retrieve" / "eval.trec",
+                 "MiniLM, untrained": self.work / "runs" / f"{slug('MiniLM untrained')}.trec"}
+        for rd in sorted(main.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+            found[f"FiD-KD round {rd.name.split('-')[1]}"] = rd / "eval" / "retriever.trec"
+        found["RRF(BM25, FiD-KD final)"] = self.work / "runs" / "hybrid.trec"
+        found["DPR supervised"] = self.work / "runs" / f"{slug('DPR supervised')}.trec"
+        for ablation in sorted((self.work / "ablations").glob("*/round-1/eval/retriever.trec")):
+            found[f"ablation {ablation.parts[-4]}"] = ablation
+        section = self.res.setdefault("collapse", {})
+        for label, path in found.items():
+            if path.is_file():
+                section[label] = top1_concentration(Run.read_trec(path))
+        self.save()
+
     # ---- baselines ---------------------------------------------------------------------------
 
     def _dense_eval(self, encoder, label: str) -> dict:
@@ -530,6 +574,7 @@ class Bench:
         dense = DenseRetriever.build(self.eval_ds.corpus, encoder, batch_size=self.s["encode_batch"],
                                      dtype=self.s["dtype"], cache=encoder.pretrained_path() is not None)
         run = dense.search(self.eval_ds.queries, top_k=TOP_K)
+        run.write_trec(self.work / "runs" / f"{slug(label)}.trec", tag=slug(label))
         metrics = evaluate_retrieval(run, self.eval_ds)
         log(f"{label}: Top-1 {metrics['Top-1']:.3f}, Top-5 {metrics['Top-5']:.3f}, Top-20 {metrics['Top-20']:.3f} "
             f"({time.perf_counter() - start:.1f} s)")
@@ -554,6 +599,7 @@ class Bench:
         bm25 = Run.read_trec(self.work / "main" / "round-1" / "retrieve" / "eval.trec")
         distilled = Run.read_trec(last / "eval" / "retriever.trec")
         fused = reciprocal_rank_fusion([bm25, distilled], k=RRF_K, top_k=TOP_K)
+        fused.write_trec(self.work / "runs" / "hybrid.trec", tag="hybrid")
         self.res["baselines"]["hybrid"] = evaluate_retrieval(fused, self.eval_ds)
         log(f"RRF(BM25, FiD-KD): Top-5 {self.res['baselines']['hybrid']['Top-5']:.3f}")
         self.save()

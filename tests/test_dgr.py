@@ -93,8 +93,8 @@ def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> DGRConfig:
         "teacher.list_size=3", "teacher.trainer={per_device_batch_size: 2, learning_rate: 1.0e-3, save_steps: 1}",
         "student.seq2seq.init=encoder-decoder", f"student.seq2seq.model={bert}", "student.query_max_length=16",
         "student.docid_max_length=12", "student.list_size=3", "student.indexing_words=8",
-        "student.trainer={per_device_batch_size: 4, max_steps: 3, learning_rate: 1.0e-3, save_steps: 1, "
-        "log_steps: 1}",
+        ("student.trainer={per_device_batch_size: 4, max_steps: 3, learning_rate: 1.0e-3, save_steps: 1, "
+         "log_steps: 1}"),
         "eval.split=test", "eval.top_k=3", "eval.batch_size=4", *extra,
     ])
 

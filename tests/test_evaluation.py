@@ -267,3 +267,25 @@ def test_importing_run_stays_light():
         "False",
         "False",
     ]
+
+
+def test_top1_concentration_counts_first_hits_and_flags_collapse():
+    from distillir.evaluation import top1_concentration
+
+    # 60 queries: 40 rank "hub" first (the hits are given out of order), 20 rank their own passage first.
+    run = Run({f"q{i}": [("own", 0.1), ("hub", 0.9)] if i < 40 else [(f"p{i}", 2.0), ("hub", 1.0)]
+               for i in range(60)})
+    found = top1_concentration(run)
+    assert found["queries"] == 60
+    assert found["distinct_top1"] == 21
+    assert found["top1_max_pid"] == "hub"
+    assert found["top1_max_share"] == pytest.approx(40 / 60)
+    assert found["collapsed"] is True
+
+    spread = Run({f"q{i}": [(f"p{i % 10}", 1.0)] for i in range(60)})  # 10 passages, 6 queries each
+    found = top1_concentration(spread)
+    assert (found["distinct_top1"], found["top1_max_share"], found["collapsed"]) == (10, pytest.approx(0.1), False)
+
+    few = Run({"a": [("hub", 1.0)], "b": [("hub", 1.0)], "c": []})  # too few queries to call it collapse
+    assert top1_concentration(few)["collapsed"] is False
+    assert top1_concentration(few)["queries"] == 2

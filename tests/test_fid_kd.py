@@ -150,6 +150,7 @@ def test_two_rounds_end_to_end(reference, env):
         assert metrics == json.loads(json.dumps(results["rounds"][k - 1]))
         assert set(metrics["wall_s"]) == {*STAGES, "round"}
         assert {"Top-1", "Top-5", "MRR@10", "R@5"} <= set(metrics["index"]["metrics"])
+        assert metrics["index"]["diagnostics"]["queries"] == 4  # the collapse check ran on the dev run
         assert {"EM", "F1"} <= set(metrics["reader_eval"]["metrics"])
         assert metrics["retriever"]["agreement_before"]["lists"] == 8
         assert metrics["reader"]["train"]["global_step"] == 2 and metrics["retriever"]["train"]["global_step"] == 4

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_fid_kd import make_dataset
 
 from distillir.errors import ConfigError
 from distillir.readers.fid import FiDReader
@@ -17,8 +18,6 @@ from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.re2g import Re2GConfig, Re2GRecipe, top_candidates
 from distillir.teachers.likelihood import answer_log_likelihood
 from distillir.training.config import load_config
-
-from test_fid_kd import make_dataset
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,8 +108,8 @@ def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> Re2GConfig:
         "ranker.list_size=3", "ranker.trainer={per_device_batch_size: 2, learning_rate: 1.0e-3, save_steps: 1}",
         "generator.init=encoder-decoder", f"generator.model={bert}", "generator.passage_max_length=32",
         "generator.answer_max_length=4",
-        "e2e.n_generate=2", "e2e.trainer={per_device_batch_size: 2, max_steps: 3, learning_rate: 1.0e-3, "
-        "save_steps: 1, log_steps: 1}",
+        "e2e.n_generate=2",
+        "e2e.trainer={per_device_batch_size: 2, max_steps: 3, learning_rate: 1.0e-3, save_steps: 1, log_steps: 1}",
         "eval.split=dev", "eval.max_queries=null", "eval.top_k=5", "eval.batch_size=2",
         *extra,
     ])

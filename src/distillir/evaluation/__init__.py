@@ -32,6 +32,7 @@ _LAZY = {
     "exact_match": "qa",
     "f1_score": "qa",
     "normalize_answer": "qa",
+    "top1_concentration": "diagnostics",
 }
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "normalize_answer",
     "parse_metric",
     "qrels_from_gold",
+    "top1_concentration",
 ]
 
 

@@ -316,7 +316,7 @@ class DGRRecipe(Recipe):
             ordered = [p for p, _ in hits]  # the teacher's order
             value = dict(hits)
             if gold is not None:
-                pos = next((p for p in ordered if p in gold[qid]), sorted(gold[qid])[0])
+                pos = next((p for p in ordered if p in gold[qid]), min(gold[qid]))
             else:
                 pos = next((p for p in ordered if is_positive(qid, p)), None)
             if pos is None:

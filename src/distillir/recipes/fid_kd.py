@@ -503,6 +503,20 @@ def evaluate_retrieval(run, dataset) -> dict[str, Any]:
     return evaluate_run(run, qrels=dataset.qrels, queries=dataset.queries, corpus=dataset.corpus)
 
 
+def collapse_check(run, label: str) -> dict[str, Any]:
+    """top1_concentration of a run, with a warning when one passage comes first for most queries."""
+    from distillir.evaluation.diagnostics import top1_concentration
+
+    found = top1_concentration(run)
+    if found["collapsed"]:
+        logger.warning("%s collapsed: passage %s is ranked first for %.0f%% of %d questions (%d distinct first "
+                       "passages): it no longer depends on the query; check the teacher's answer_hits and the "
+                       "retriever's learning rate",
+                       label, found["top1_max_pid"], 100 * found["top1_max_share"], found["queries"],
+                       found["distinct_top1"])
+    return found
+
+
 def qa_queries(queries):
     """The training questions reduced to what FiD-KD may use: ids, texts and answers (no gold passages);
     questions without an answer are left out (the reader needs one to learn from)."""
@@ -834,6 +848,7 @@ class FiDKDRecipe(Recipe):
             run = eval_dense.search(self.eval_ds.queries, top_k=config.eval.top_k)
             run.write_trec(rd / "eval" / "retriever.trec", tag=rd.name)
             info["metrics"] = evaluate_retrieval(run, self.eval_ds)
+            info["diagnostics"] = collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")
         return info
 
 
@@ -850,6 +865,7 @@ __all__ = [
     "ListExample",
     "build_reader",
     "build_student",
+    "collapse_check",
     "distillation_loss",
     "list_examples",
     "list_scores",

@@ -440,7 +440,6 @@ class Re2GRecipe(Recipe):
         import torch
 
         from distillir.evaluation.qa import evaluate_answers
-        from distillir.evaluation.run import Run
         from distillir.rankers.cross_encoder import CrossEncoder
         from distillir.readers.fid import FiDReader, batched
         from distillir.readers.rag import marginal_generate
