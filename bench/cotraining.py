@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16-rerank", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--only", nargs="*", choices=ORDER, help="run only these systems (the rest are kept if done)")
     p.add_argument("--work-dir", default=None)
+    p.add_argument("--note", default=None,
+                   help="a line shown under the table, kept across resumes (e.g. what else shared the machine)")
     args = p.parse_args(argv)
     args.work = Path(args.work_dir) if args.work_dir else WORK_DIR / f"cotraining-{args.dataset}"
     if args.retriever_steps % args.iterations:
@@ -126,6 +128,8 @@ class Bench:
                              "choose another --work-dir")
         self.res = previous or {"systems": {}}
         self.res.update(settings=s, command=command_line(), environment=environment(), complete=False)
+        if a.note and a.note not in self.res.setdefault("notes", []):
+            self.res["notes"].append(a.note)
         self.eval_ds = load_dataset(a.data_dir or a.dataset, SPLITS[a.dataset], max_queries=a.eval_questions or None, seed=SEED)
         self.res["eval_queries"] = len(self.eval_ds.queries)
         self.res["corpus_passages"] = len(self.eval_ds.corpus)
@@ -347,7 +351,7 @@ def markdown(res: dict) -> str:
     if ce:
         out += ["", f"Cross-encoder training: {fmt(ce['wall_s'])} s."]
     out += ["", "wall_s: training (if any) + corpus embedding + search + evaluation of that system, on this machine.",
-            "", "## Reading", "", reading(res), "", "## Command", "", "```", res["command"], "```", "",
+            *[line for note in res.get("notes") or [] for line in ("", note)], "", "## Reading", "", reading(res), "", "## Command", "", "```", res["command"], "```", "",
             "Overrides of the shipped configs (configs/*-scifact-cpu.yaml), per recipe run:", ""]
     for name, sets in (res.get("overrides") or {}).items():
         out.append(f"- `{name}`: `{' '.join(sets)}`")

@@ -767,7 +767,7 @@ class FiDKDRecipe(Recipe):
         scores.write(rd / "teacher" / SCORES_FILE)
         hits = answer_hits(scores, examples)
         if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:
-            logger.warning("round %s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's "
+            logger.warning("%s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's "
                            "own first passage in %.1f%%: this teacher knows less than the retriever it teaches "
                            "(train the reader longer, or use another aggregation)", rd.name,
                            100 * hits["teacher_hit@1"], 100 * hits["retriever_hit@1"])
