@@ -48,6 +48,7 @@ RRF_K = 60
 KS = (1, 5, 20, 100)
 LOSSES = ("kl", "mse", "margin")
 AGGREGATIONS = ("fid", "post_softmax", "all_tokens", "adist", "pdist")
+CONTROL, CONTROL_FILE = "answer match (control)", "answer_match"  # the model-free teacher, same lists
 # Each question's teacher scores are standardised before KL: a MiniLM reader's attention logits are nearly flat
 # across passages at temperature 1 (see FiDKDTeacher.normalize); the ablations use the same target transform.
 TEACHER_NORMALIZE = "zscore"
@@ -311,7 +312,8 @@ def markdown(res: dict) -> str:
                 table(rows, cols), ""]
     if abl.get("aggregation"):
         rows = [metric_row(name, m.get("metrics"), m.get("note", "")) for name, m in abl["aggregation"].items()]
-        out += ["## Teacher aggregation ablation (scores from the same round-1 reader, KL, equal steps)", "",
+        out += [("## Teacher aggregation ablation (scores from the same round-1 reader, KL, equal steps; and the "
+                "answer-string control)"), "",
                 table(rows, cols), ""]
     collapse = res.get("collapse") or {}
     if collapse:
@@ -399,8 +401,9 @@ def reading(res: dict) -> str:
     if collapsed:
         parts.append("Collapsed (one passage first for most dev questions): " + "; ".join(
             f"{name} ({v['top1_max_share']:.0%} of questions get passage {v['top1_max_pid']} first)"
-            for name, v in collapsed.items()) + ": the student learnt a direction every query follows, not the "
-            "query-specific part of its teacher's scores, which at this scale is noise (see what the teacher knows).")
+            for name, v in collapsed.items()) + ". A teacher that cannot tell a question's candidates apart (flat "
+            "raw scores, or standardised noise) trains the student to be indifferent among the passages most "
+            "related to the question, i.e. to stop depending on it; compare the answer-string control.")
     ov = res.get("overhead")
     if ov and "fid (same pass, with labels)" in ov["variants"]:
         r = ov["variants"]["fid (same pass, with labels)"]["ratio"]
@@ -490,6 +493,7 @@ class Bench:
         if not args.skip_ablations:
             self.loss_ablation()
             self.aggregation_ablation()
+            self.answer_control()
         self.teacher_report()
         self.collapse_report()
         self.res["complete"] = True
@@ -539,6 +543,9 @@ class Bench:
             scores = self.work / "ablations" / f"scores-{agg}.jsonl"
             if scores.is_file():
                 found[f"{agg}, round 1 reader"] = (scores, main / "round-1" / "retrieve" / "train.jsonl")
+        control = self.work / "ablations" / f"scores-{CONTROL_FILE}.jsonl"
+        if control.is_file():
+            found[CONTROL] = (control, main / "round-1" / "retrieve" / "train.jsonl")
         for name, (scores, lists) in found.items():
             self.res.setdefault("teacher_quality", {})[name] = teacher_quality(scores, lists)
         if found:
@@ -710,6 +717,24 @@ class Bench:
             result["scoring_s"] = score_s
             section[agg] = result
             self.save()
+
+    def answer_control(self) -> None:
+        """The same round-1 distillation from the answer-string teacher (no model): what a teacher that
+        knows where the answers are does to this student, at the same steps."""
+        from distillir.readers.fid import load_fid_examples
+        from distillir.teachers.answers import answer_match_scores
+
+        section = self.res["ablations"].setdefault("aggregation", {})
+        if section.get(CONTROL) is not None:
+            return
+        path = self.work / "ablations" / f"scores-{CONTROL_FILE}.jsonl"
+        if not path.is_file():
+            answer_match_scores(load_fid_examples(self.work / "main" / "round-1" / "retrieve" / "train.jsonl")
+                                ).write(path)
+        log("control: distilling the answer-string teacher")
+        section[CONTROL] = {**self._teacher_run(f"agg-{CONTROL_FILE}", path, "kl"),
+                            "note": "no reader: 1 if the passage contains an answer string, else 0"}
+        self.save()
 
     # ---- overhead ----------------------------------------------------------------------------
 

@@ -270,3 +270,27 @@ def test_answer_hits_against_hand_counted_lists():
     assert got["lists"] == 3 and got["answer_lists"] == 2
     assert got["teacher_hit@1"] == 0.5 and got["retriever_hit@1"] == 0.5
     assert got["teacher_mrr"] == pytest.approx((1 / 2 + 1) / 2) and got["retriever_mrr"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_answer_match_teacher_scores_answer_bearing_passages_one(tmp_path):
+    from distillir.teachers import answer_hits, answer_match_scores, read_teacher_scores
+
+    def ctx(pid, text, title=""):
+        return {"id": pid, "title": title, "text": text}
+
+    examples = [
+        {"id": "q1", "question": "capital?", "answers": ["Paris", "paris city"],
+         "ctxs": [ctx("a", "Lyon"), ctx("b", "It is Paris."), ctx("c", "PARIS CITY hall")]},
+        # the answer only in the title: matched only with include_title
+        {"id": "q2", "question": "year?", "answers": ["1871"], "ctxs": [ctx("d", "nothing", "1871 events")]},
+        {"id": "q3", "question": "no answers", "answers": [], "ctxs": [ctx("e", "x")]},  # skipped
+    ]
+    scores = answer_match_scores(examples)
+    assert scores.teacher == "answer-match" and len(scores) == 2
+    assert scores["q1"] == (["a", "b", "c"], [0.0, 1.0, 1.0])
+    assert scores["q2"] == (["d"], [0.0])
+    assert answer_match_scores(examples, include_title=True)["q2"] == (["d"], [1.0])
+    assert answer_hits(scores, examples)["teacher_hit@1"] == 1.0  # it always knows, where anything does
+    scores.write(tmp_path / "s.jsonl")  # the shared file format round-trips
+    back = read_teacher_scores(tmp_path / "s.jsonl")
+    assert back["q1"] == scores["q1"] and back.answers["q1"] == ["Paris", "paris city"]

@@ -3,6 +3,8 @@
 - `scores`: the one JSONL format for teacher scores (read/write, validation) and `score_with_reader`.
 - `attention`: FiD cross-attention aggregations (Izacard & Grave, 2021; Atlas' ADist).
 - `likelihood`: per-passage answer likelihood (Atlas' PDist) and leave-one-out (LOOP).
+- `answers`: the answer-string teacher (1 if a passage contains an answer): no model, the control.
+- `quality`: does a teacher know more than the retriever it teaches (answer hits)?
 
 Only the file format is imported eagerly; the torch-based modules load on first use.
 """
@@ -20,6 +22,7 @@ _LAZY = {
     "aggregate_cross_attention": "attention",
     "answer_log_likelihood": "likelihood",
     "answer_hits": "quality",
+    "answer_match_scores": "answers",
     "leave_one_out_scores": "likelihood",
 }
 
@@ -31,6 +34,7 @@ __all__ = [
     "aggregate_cross_attention",
     "answer_hits",
     "answer_log_likelihood",
+    "answer_match_scores",
     "leave_one_out_scores",
     "read_teacher_scores",
     "score_with_reader",
