@@ -225,11 +225,12 @@ def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tm
     assert after["spearman"] > before["spearman"] and after["top1"] == 1.0
 
 
-@pytest.mark.parametrize("loss", ["mse", "margin"])
-def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss):
+@pytest.mark.parametrize(("loss", "in_batch"), [("mse", False), ("margin", False), ("kl", True), ("mse", True)])
+def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_batch):
     _, data = env
     ref_out, _, _ = reference
     config = tiny_config(tiny_bert_dir, data, tmp_path / loss, f"retriever.loss={loss}", "rounds=1", "eval=null",
+                         f"retriever.in_batch_negatives={str(in_batch).lower()}",
                          f"teacher_scores={ref_out / 'round-1' / 'teacher' / 'scores.jsonl'}",
                          "retriever.trainer={per_device_batch_size: 4, max_steps: 2, save_steps: 0}")
     results = FiDKDRecipe().run(config)
@@ -257,6 +258,13 @@ def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, 
             p = encoder.encode_passage(encoder.tokenize_passages([corpus.titles[corpus.index_of[x]] for x in ex.pids],
                                                                  [corpus.texts[corpus.index_of[x]] for x in ex.pids]))
             assert torch.allclose(scores[i, : len(ex.pids)], encoder.similarity(q, p)[0], atol=1e-5)
+        cross = list_scores(encoder, batch, cross=True)  # (B, B, n): question b against list c
+        assert cross.shape == (2, 2, 3)
+        assert torch.allclose(torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1), scores, atol=1e-5)
+        q = encoder.encode_query(encoder.tokenize_queries([examples[1].query]))
+        p = encoder.encode_passage(encoder.tokenize_passages([corpus.titles[corpus.index_of["p0a"]]],
+                                                             [corpus.texts[corpus.index_of["p0a"]]]))
+        assert torch.allclose(cross[1, 0, 0], encoder.similarity(q, p)[0, 0], atol=1e-5)
 
 
 def test_teacher_targets():

@@ -271,3 +271,37 @@ def test_distilled_ranknet_sorts_by_teacher_when_given():
     teacher = torch.tensor([[0.0, 1.0, 2.0]])  # positive first, then negatives by teacher: (2, 1, 1.5)
     loss = DistilledRankNetLoss(base_margin=1.0, margin_step=0.5)
     close(loss(student, teacher), 1.875)
+
+
+def test_in_batch_list_loss_is_the_kl_over_lists_extended_with_the_batch():
+    from distillir.losses import InBatchListLoss, KLDivergenceLoss
+
+    torch.manual_seed(0)
+    b, n, tau = 3, 4, 0.5
+    cross = torch.randn(b, b, n)
+    teacher = torch.randn(b, n)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[2, 3] = False  # list 2 has a padded slot: in nobody's softmax
+    own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
+    split = KLDivergenceLoss(tau)(own, teacher, mask) + InBatchListLoss(tau)(cross, mask)
+
+    # the same KL written out over each question's extended list: own passages carry the teacher's scores,
+    # the other lists' passages teacher probability 0 (a score far below everything)
+    extended_s, extended_t, extended_m = [], [], []
+    for q in range(b):
+        order = [q] + [c for c in range(b) if c != q]
+        extended_s.append(torch.cat([cross[q, c] for c in order]))
+        extended_t.append(torch.cat([teacher[q]] + [torch.full((n,), -1e4) for _ in order[1:]]))
+        extended_m.append(torch.cat([mask[c] for c in order]))
+    direct = KLDivergenceLoss(tau)(torch.stack(extended_s), torch.stack(extended_t), torch.stack(extended_m))
+    assert split.item() == pytest.approx(direct.item(), rel=1e-5)
+
+    # by hand: mean over questions of -log( sum_own exp(S/tau) / sum_batch exp(S/tau) ), padding left out
+    by_hand = []
+    for q in range(b):
+        total = sum(torch.exp(cross[q, c][mask[c]] / tau).sum() for c in range(b))
+        by_hand.append(-torch.log(torch.exp(cross[q, q][mask[q]] / tau).sum() / total))
+    assert InBatchListLoss(tau)(cross, mask).item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-6)
+    assert InBatchListLoss(tau)(cross[:1, :1], mask[:1]).item() == pytest.approx(0.0, abs=1e-6)  # nothing else
+    with pytest.raises(ValueError):
+        InBatchListLoss(tau)(cross[:, :2], mask)

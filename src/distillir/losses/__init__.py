@@ -10,6 +10,7 @@ queries:
 - `ListwiseCrossEntropyLoss` supervised listwise CE with gold labels (RocketQAv2 L_sup, Re2G and AR2 rankers)
 - `AdversarialRetrieverLoss` AR2's retriever step
 - `DistilledRankNetLoss`    DGR, with `order_by_teacher` to put the student's scores in the teacher's order
+- `InBatchListLoss`         other questions' lists as in-batch negatives for any list loss (B, B, n scores)
 
 Names from `distillir.losses.contrastive` (e.g. `ContrastiveLoss`) are re-exported lazily.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 
 from distillir.losses.adversarial import AdversarialRetrieverLoss
+from distillir.losses.in_batch_list import InBatchListLoss
 from distillir.losses.kl_divergence import KLDivergenceLoss
 from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
 from distillir.losses.max_margin import MaxMarginDistillLoss
@@ -28,6 +30,7 @@ from distillir.losses.ranknet import DistilledRankNetLoss, order_by_teacher
 __all__ = [
     "AdversarialRetrieverLoss",
     "DistilledRankNetLoss",
+    "InBatchListLoss",
     "KLDivergenceLoss",
     "ListwiseCrossEntropyLoss",
     "MSEDistillLoss",

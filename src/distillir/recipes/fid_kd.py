@@ -154,6 +154,9 @@ class FiDKDRetriever:
     query_max_length: int = 40
     passage_max_length: int = 200
     continue_training: bool = True  # round k > 1 starts from round k-1's retriever (else from `model` again)
+    # true: the batch's other lists are negatives too (teacher probability 0; losses.InBatchListLoss). The
+    # paper distils over each question's own list only (false).
+    in_batch_negatives: bool = False
     agreement_sample: int = 256  # training lists on which student-teacher agreement is measured (0: skip)
     trainer: TrainConfig = field(
         default_factory=lambda: TrainConfig(learning_rate=5e-5, warmup_ratio=0.05, per_device_batch_size=8)
@@ -308,8 +311,9 @@ class ListCollator:
         }
 
 
-def list_scores(encoder, batch: dict[str, Any]):
-    """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list."""
+def list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
+    """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list;
+    `cross`: (B, B, n), question b with every list c of the batch (c = b: its own)."""
     import torch
 
     q = encoder.encode_query(batch["query"])
@@ -320,7 +324,8 @@ def list_scores(encoder, batch: dict[str, Any]):
         p = p.view(q.shape[0], -1, p.shape[-1])
     # In float32 even under mixed precision: scaled scores (x20) lose too many digits in bf16.
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return torch.einsum("bd,bnd->bn", q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
+        pattern = "bd,cnd->bcn" if cross else "bd,bnd->bn"
+        return torch.einsum(pattern, q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
 
 
 def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
@@ -337,13 +342,21 @@ def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
 
 
 class ListDistillLoss:
-    """Trainer `loss_fn`: loss(S, T, mask) over each question's own list."""
+    """Trainer `loss_fn`: loss(S, T, mask) over each question's own list, plus, given `in_batch` (an
+    `InBatchListLoss`), the other lists of the batch as negatives."""
 
-    def __init__(self, loss):
+    def __init__(self, loss, in_batch=None):
         self.loss = loss
+        self.in_batch = in_batch
 
     def __call__(self, model, batch):
-        return self.loss(list_scores(model, batch), batch["teacher"], batch["mask"])
+        import torch
+
+        if self.in_batch is None:
+            return self.loss(list_scores(model, batch), batch["teacher"], batch["mask"])
+        cross = list_scores(model, batch, cross=True)
+        own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
+        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"])
 
 
 def _ranks(values):
@@ -809,10 +822,13 @@ class FiDKDRecipe(Recipe):
                                            passage_embeddings=passage_embeddings)
                 write_json(before_file, before)
 
+        from distillir.losses import InBatchListLoss
+
         loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
+        in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
         args = TrainingArguments.from_config(cfg.trainer, output_dir=d, seed=config.seed, resume=config.resume)
         trainer = Trainer(student, args, examples, ListCollator(student, self.corpus, passage_embeddings),
-                          loss_fn=ListDistillLoss(loss), callbacks=self.callbacks)
+                          loss_fn=ListDistillLoss(loss, in_batch), callbacks=self.callbacks)
         summary = trainer.train()
         student.save_pretrained(d / FINAL_DIR)
         self._models["student"] = (d / FINAL_DIR, student)
