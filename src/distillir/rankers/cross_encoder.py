@@ -13,6 +13,9 @@ from torch import Tensor, nn
 from distillir.errors import ConfigError, InputError
 from distillir.rankers.base import Passage, Ranker
 from distillir.utils.io import atomic_dir, write_json
+from distillir.utils.log import get_logger, transformers_quiet
+
+logger = get_logger(__name__)
 
 SETTINGS_FILE = "distillir_cross_encoder.json"
 FORMAT_VERSION = 1
@@ -76,8 +79,8 @@ class CrossEncoder(nn.Module, Ranker):
     ) -> CrossEncoder:
         """Load a saved cross-encoder, or start one from any encoder (hub id or local directory).
 
-        Starting from a plain encoder adds a freshly initialised one-output head (transformers says so in
-        a warning); train it before use. Settings saved with the model apply unless given here.
+        Starting from a plain encoder adds a freshly initialised one-output head (logged); train it before
+        use. Settings saved with the model apply unless given here.
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -90,7 +93,12 @@ class CrossEncoder(nn.Module, Ranker):
                 f"{name_or_path} is a classifier with {config.num_labels} outputs; a cross-encoder scores with "
                 "one. Pass ignore_mismatched_sizes=True to replace its head with a new one-output head."
             )
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **model_kwargs)
+        if is_classifier:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **model_kwargs)
+        else:  # a plain encoder: the new head (and an unused pooler or LM head) are expected, so one line says it
+            with transformers_quiet():
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **model_kwargs)
+            logger.info("cross-encoder started from the encoder %s: its one-output head is new (train it)", path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         max_length = max_length or settings.get("max_length", 256)
         positions = getattr(config, "max_position_embeddings", None)

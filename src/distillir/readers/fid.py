@@ -15,7 +15,6 @@ to Retriever"); see `distillir.teachers.attention`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -37,6 +36,7 @@ from distillir.teachers.attention import (
     resolve_aggregation,
 )
 from distillir.utils.io import atomic_dir, iter_jsonl_objects, write_json
+from distillir.utils.log import transformers_quiet
 
 DEFAULT_TEMPLATE = "question: {question} title: {title} context: {text}"
 SETTINGS_FILE = "fid_reader.json"
@@ -45,19 +45,6 @@ CAPTURES = ("logits", "eager")
 _T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _transformers_quiet():
-    """transformers' own warnings off for one block (its verbosity restored after)."""
-    from transformers.utils import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,7 +377,7 @@ class FiDReader(nn.Module):
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         # transformers reports every new cross-attention weight and every unused encoder layer as a
         # "load report"; both are expected in a warm start, so one line says it instead.
-        with _transformers_quiet():
+        with transformers_quiet():
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, **(model_kwargs or {}))
         logger.info("reader warm-started from %s: decoder cross-attention and LM head are newly initialised", path)
         start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id

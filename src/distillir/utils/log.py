@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -20,3 +21,17 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(level)
         _configured = True
     return logging.getLogger(name)
+
+
+@contextlib.contextmanager
+def transformers_quiet():
+    """transformers' own warnings off for one block (its verbosity restored after): for loads whose "load
+    report" (new heads, unused layers) is expected, where the caller logs one line instead."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
