@@ -98,8 +98,16 @@ def peak_rss_hwm_mb() -> float:
     return _status_mb("VmHWM")
 
 
-def command_line() -> str:
-    return "cd /work/main && .venv/bin/python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *sys.argv[1:]])
+def command_line(drop: tuple[str, ...] = ("--note", "--only")) -> str:
+    """How this benchmark was started, from the repository root; options in `drop` (annotations, partial
+    reruns) and their values are left out, so the line reproduces the whole result."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if a.startswith("--"):
+            skip = a.split("=", 1)[0] in drop
+        if not skip:
+            args.append(a)
+    return ".venv/bin/python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *args])
 
 
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
