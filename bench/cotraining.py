@@ -387,6 +387,15 @@ def reading(res: dict) -> str:
             best = max(trained) if trained else None
             parts.append(f"The cross-encoder {name}: {v:.3f}" + (f" (best co-trained retriever {best:.3f})."
                                                                  if best is not None else "."))
+    rr, start = value("rerank_bm25"), value("minilm")
+    if rr is not None and start is not None and rr < start:
+        taught = [value(x) for x in ("rocketqa_dynamic", "rocketqa_static", "ar2_lambda_0.5", "ar2_lambda_0")]
+        taught = [v for v in taught if v is not None]
+        below = taught and all(v < start for v in taught)
+        parts.append(f"The re-ranker is the teacher here, and it ranks worse than the student's start (re-ranking "
+                     f"BM25: {rr:.3f} vs the untrained MiniLM's {start:.3f}): "
+                     + ("every ranker-taught retriever ends below that start, as distilling a weaker teacher should."
+                        if below else "distillation cannot be expected to lift the student above it."))
     d, st = value("rocketqa_dynamic"), value("rocketqa_static")
     if d is not None and st is not None:
         parts.append(f"Dynamic minus static: {d - st:+.3f}.")
