@@ -11,7 +11,7 @@ negatives, i.e. teacher probability 0. For KL at temperature tau this splits exa
                                                           - log P_S(own list)
     P_S(own list) = sum_{i in own} exp(S_i / tau) / sum_{j in batch} exp(S_j / tau)
 
-so this module is the second term, added to any list loss with a weight.
+so this module is the second term, added to any list loss (FiD-KD: `retriever.in_batch_negatives`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ to Retriever"); see `distillir.teachers.attention`.
 from __future__ import annotations
 
 import json
-import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -36,7 +35,7 @@ from distillir.teachers.attention import (
     resolve_aggregation,
 )
 from distillir.utils.io import atomic_dir, iter_jsonl_objects, write_json
-from distillir.utils.log import transformers_quiet
+from distillir.utils.log import get_logger, transformers_quiet
 
 DEFAULT_TEMPLATE = "question: {question} title: {title} context: {text}"
 SETTINGS_FILE = "fid_reader.json"
@@ -44,7 +43,7 @@ IGNORE_INDEX = -100  # label value the loss skips (answer padding)
 CAPTURES = ("logits", "eager")
 _T5_FAMILY = ("t5", "mt5", "umt5", "longt5")
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------
