@@ -141,6 +141,22 @@ class CrossEncoder(nn.Module, Ranker):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def head_and_body_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(head, body): the classifier on top of the encoder, and the encoder itself (`base_model`).
+
+        A head started fresh on a pretrained encoder needs a far larger learning rate than the encoder can
+        take: at the encoder's rate listwise CE can sit on its uniform plateau (ln n) for hundreds of steps.
+        """
+        prefix = getattr(self.model, "base_model_prefix", "")
+        body_module = getattr(self.model, prefix, None) if prefix else None
+        if body_module is None or body_module is self.model:
+            raise ConfigError(f"{type(self.model).__name__} has no separate encoder (base_model_prefix "
+                              f"{prefix!r}): head and encoder learning rates cannot be told apart")
+        body_ids = {id(p) for p in body_module.parameters()}
+        head = [p for p in self.model.parameters() if id(p) not in body_ids]
+        body = [p for p in self.model.parameters() if id(p) in body_ids]
+        return head, body
+
     # --- tokenization ------------------------------------------------------------------------
     def format_passage(self, title: str, text: str) -> str:
         return f"{title}{self.title_separator}{text}" if title else text

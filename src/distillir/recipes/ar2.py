@@ -287,7 +287,8 @@ class AR2Recipe(Recipe):
         logger.info("ranker warm-up: %d steps -> %s", config.ranker_warmup.steps, phase_dir)
         summary = train_ranker(ranker, examples, corpus, config.group_size, config.trainer, phase_dir,
                                seed=config.seed, resume=config.resume, callbacks=callbacks,
-                               max_steps=config.ranker_warmup.steps, learning_rate=config.ranker_warmup.learning_rate)
+                               max_steps=config.ranker_warmup.steps, learning_rate=config.ranker_warmup.learning_rate,
+                               head_learning_rate=config.ranker_warmup.head_learning_rate)
         return ranker, summary
 
     def _ranker_phase(self, config: AR2Config, ranker, examples, corpus, phase_dir: Path, callbacks):

@@ -87,6 +87,7 @@ class CrossEncoderConfig:
     max_length: int = 256  # query + passage tokens
     query_max_length: int | None = None  # None: 64, or half of max_length if less
     list_size: int = 8  # one positive and list_size - 1 negatives per query in each step
+    head_learning_rate: float | None = None  # the classifier head's peak rate (None: trainer.learning_rate)
     data: TrainSplit = field(default_factory=TrainSplit)
     negatives: RankerNegatives = field(default_factory=RankerNegatives)
     trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-5, warmup_ratio=0.1))
@@ -94,6 +95,8 @@ class CrossEncoderConfig:
 
     def __post_init__(self) -> None:
         check_list_size(self.list_size)
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ConfigError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
 
 
 def check_list_size(list_size: int) -> None:
@@ -131,7 +134,8 @@ class CrossEncoderRecipe(Recipe):
         ranker = CrossEncoder.from_pretrained(config.model, max_length=config.max_length,
                                               query_max_length=config.query_max_length)
         summary = train_ranker(ranker, examples, dataset.corpus, config.list_size, config.trainer, out,
-                               seed=config.seed, resume=config.resume, callbacks=callbacks)
+                               seed=config.seed, resume=config.resume, callbacks=callbacks,
+                               head_learning_rate=config.head_learning_rate)
         final = out / FINAL_DIR
         metrics = None
         state = process_state()
@@ -244,6 +248,23 @@ def phase_arguments(trainer: TrainConfig, output_dir: Path, *, seed: int, resume
     return TrainingArguments.from_config(phase, output_dir=output_dir, seed=seed, resume=resume)
 
 
+def ranker_param_groups(ranker, learning_rate: float, head_learning_rate: float | None,
+                        weight_decay: float = 0.0) -> list[dict[str, Any]] | None:
+    """AdamW groups giving the ranker's head `head_learning_rate` and its encoder `learning_rate`
+    (None when there is no separate head rate: the Trainer's default groups apply)."""
+    if head_learning_rate is None:
+        return None
+    if head_learning_rate <= 0:
+        raise ConfigError(f"head_learning_rate must be positive, got {head_learning_rate}")
+    head, body = ranker.head_and_body_parameters()
+    groups = []
+    for params, lr in ((body, learning_rate), (head, head_learning_rate)):
+        # As the Trainer's default groups: biases and norm weights are not decayed.
+        groups.append({"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": weight_decay})
+        groups.append({"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
 def train_ranker(
     ranker,
     examples,
@@ -255,16 +276,20 @@ def train_ranker(
     seed: int,
     resume: bool,
     callbacks: Sequence[Any] = (),
+    head_learning_rate: float | None = None,
     **changes: Any,
 ) -> dict[str, Any]:
     """One ranker training phase in `output_dir`: checkpoints/, log.jsonl, then final/ and summary.json.
 
     `changes` override fields of `trainer_config` for this phase (e.g. max_steps=500, learning_rate=1e-6).
+    `head_learning_rate` gives the classifier head its own peak rate (None: the phase's rate for all).
     Returns the Trainer's summary, also written to `summary.json` so a skipped phase can report it.
     """
     args = phase_arguments(trainer_config, output_dir, seed=seed, resume=resume, **changes)
     collate = CandidateListCollator(corpus, list_size, ranker=ranker)
-    trainer = Trainer(ranker, args, examples, collate, loss_fn=ranker_list_loss, callbacks=callbacks)
+    groups = ranker_param_groups(ranker, args.learning_rate, head_learning_rate, args.weight_decay)
+    trainer = Trainer(ranker, args, examples, collate, loss_fn=ranker_list_loss, callbacks=callbacks,
+                      param_groups=groups)
     summary = trainer.train()
     if trainer.is_main_process:
         ranker.save_pretrained(Path(output_dir) / FINAL_DIR)

@@ -110,10 +110,13 @@ class RankerWarmup:
 
     steps: int = 0
     learning_rate: float = 2e-5
+    head_learning_rate: float | None = None  # a fresh classifier head's peak rate (None: learning_rate)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"need steps >= 0 and learning_rate > 0, got {self.steps}, {self.learning_rate}")
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ConfigError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
 
 
 @dataclass
@@ -439,7 +442,8 @@ class RocketQAv2Recipe(Recipe):
         summary = train_ranker(ranker, undenoised, corpus, config.lists.list_size, config.trainer, phase_dir,
                                seed=config.seed, resume=config.resume, callbacks=callbacks,
                                max_steps=config.ranker_warmup.steps,
-                               learning_rate=config.ranker_warmup.learning_rate)
+                               learning_rate=config.ranker_warmup.learning_rate,
+                               head_learning_rate=config.ranker_warmup.head_learning_rate)
         return ranker, summary
 
     def _denoised(self, config, dataset, queries, positives, retriever, ranker, out: Path):
