@@ -197,6 +197,36 @@ def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert
     assert results["metrics"] == ref_results["metrics"]
 
 
+def test_on_collapse_stop_ends_the_run_after_a_collapsed_round(env, tiny_bert_dir, tmp_path, monkeypatch):
+    from distillir.evaluation import diagnostics
+
+    _, data = env
+    seen = []
+
+    def always_collapsed(run):  # 4 tiny questions never reach the real check's minimum: force the verdict
+        seen.append(len(run))
+        return {"queries": len(run), "distinct_top1": 1, "top1_max_share": 1.0, "top1_max_pid": "x",
+                "collapsed": True}
+
+    monkeypatch.setattr(diagnostics, "top1_concentration", always_collapsed)
+    out = tmp_path / "stop"
+    # No eval split: the check runs on the training questions' top-1.
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "on_collapse=stop", "eval=null"))
+    assert seen == [8]
+    assert len(results["rounds"]) == 1 and not (out / "round-2").exists()
+    assert results["stopped"]["after_round"] == 1 and results["complete"]
+    assert results["rounds"][0]["index"]["diagnostics"]["questions"] == "train"
+    assert json.loads((out / "results.json").read_text())["stopped"]["reason"] == "collapsed"
+    # Resuming the stopped run stops at the same place without redoing anything.
+    stages = []
+    again = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"]))).run(
+        tiny_config(tiny_bert_dir, data, out, "on_collapse=stop", "eval=null", "resume=true"))
+    assert all(skipped for _, _, skipped in stages) and {k for k, _, _ in stages} == {1}
+    assert again["stopped"]["after_round"] == 1
+    with pytest.raises(ConfigError, match="on_collapse"):
+        load_config(FiDKDConfig, None, ["on_collapse=ignore"])
+
+
 def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tmp_path):
     """A score file from elsewhere: each question's list, the passage on its topic that names the answer
     scored highest. ~20 KL steps bring the student's distribution over each list close to the teacher's."""

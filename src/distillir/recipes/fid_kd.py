@@ -193,6 +193,9 @@ class FiDKDConfig:
     rounds: int = 2
     n_passages: int = 10  # passages per question read by the reader and distilled into the retriever
     teacher_scores: str | None = None  # distil from this score file (reader stages skipped; one round)
+    # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
+    # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
+    on_collapse: str = "warn"
     reader: FiDKDReader = field(default_factory=FiDKDReader)
     teacher: FiDKDTeacher = field(default_factory=FiDKDTeacher)
     retriever: FiDKDRetriever = field(default_factory=FiDKDRetriever)
@@ -209,6 +212,8 @@ class FiDKDConfig:
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
             raise ConfigError(f"max_train_queries must be at least 1 (or null), got {self.max_train_queries}")
+        if self.on_collapse not in ("warn", "stop"):
+            raise ConfigError(f"on_collapse must be 'warn' or 'stop', got {self.on_collapse!r}")
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -603,11 +608,18 @@ class FiDKDRecipe(Recipe):
                     len(self.eval_ds.queries) if self.eval_ds else 0, config.start, config.rounds, config.n_passages)
 
         rounds: list[dict[str, Any]] = []
+        stopped = None
         for k in range(1, config.rounds + 1):
             rounds.append(self.run_round(config, out, k))
+            diagnostics = (rounds[-1].get("index") or {}).get("diagnostics") or {}
+            if config.on_collapse == "stop" and diagnostics.get("collapsed") and k < config.rounds:
+                stopped = {"after_round": k, "reason": "collapsed", "diagnostics": diagnostics}
+                logger.warning("round %d collapsed: stopping before round %d (on_collapse: stop)", k, k + 1)
+                break
             self.write_results(out, self._results(config, out, rounds, partial=k < config.rounds))
         self._models = {}
         results = self._results(config, out, rounds, partial=False)
+        results["stopped"] = stopped
         self.write_results(out, results)
         return results
 
@@ -864,7 +876,12 @@ class FiDKDRecipe(Recipe):
             run = eval_dense.search(self.eval_ds.queries, top_k=config.eval.top_k)
             run.write_trec(rd / "eval" / "retriever.trec", tag=rd.name)
             info["metrics"] = evaluate_retrieval(run, self.eval_ds)
-            info["diagnostics"] = collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")
+            info["diagnostics"] = {"questions": "eval",
+                                   **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
+        else:  # no eval split: the check needs no labels, so the training questions serve
+            run = dense.search(self.train_queries, top_k=1)
+            info["diagnostics"] = {"questions": "train",
+                                   **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
         return info
 
 
