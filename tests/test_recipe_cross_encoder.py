@@ -165,8 +165,10 @@ def test_head_learning_rate_trains_the_head_at_its_own_rate(tiny_bert_dir, tiny_
     CrossEncoderRecipe().run(config)
     start = CrossEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
     trained = CrossEncoder.from_pretrained(out / "final").model.state_dict()
-    moved = {k for k in start if not k.startswith("classifier") and not torch.allclose(start[k], trained[k])}
+    head = ("classifier.", "bert.pooler.")
+    moved = {k for k in start if not k.startswith(head) and not torch.allclose(start[k], trained[k])}
     assert moved == set()
+    assert not torch.allclose(start["bert.pooler.dense.weight"], trained["bert.pooler.dense.weight"], atol=1e-4)
     # The head started from its own random init (seeded by the recipe); it must have left it.
     from distillir.recipes.base import seed_everything
 
@@ -183,7 +185,8 @@ def test_ranker_param_groups_split_head_from_encoder(tiny_bert_dir):
     ranker = CrossEncoder.from_pretrained(tiny_bert_dir)
     head, body = ranker.head_and_body_parameters()
     names = {id(p): n for n, p in ranker.model.named_parameters()}
-    assert sorted(names[id(p)] for p in head) == ["classifier.bias", "classifier.weight"]
+    assert sorted(names[id(p)] for p in head) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight",
+                                                  "classifier.bias", "classifier.weight"]
     assert len(head) + len(body) == len(names)
 
     assert ranker_param_groups(ranker, 1e-5, None) is None

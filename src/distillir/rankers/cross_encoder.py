@@ -142,17 +142,20 @@ class CrossEncoder(nn.Module, Ranker):
         return next(self.model.parameters()).device
 
     def head_and_body_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(head, body): the classifier on top of the encoder, and the encoder itself (`base_model`).
+        """(head, body): the classifier with the pooler that feeds it, and the rest of the encoder.
 
         A head started fresh on a pretrained encoder needs a far larger learning rate than the encoder can
-        take: at the encoder's rate listwise CE can sit on its uniform plateau (ln n) for hundreds of steps.
+        take. The pooler (BERT's dense + tanh over [CLS]) counts as head: only the classifier reads it, and
+        encoders trained for embeddings (mean pooling) leave it at its initialisation.
         """
         prefix = getattr(self.model, "base_model_prefix", "")
         body_module = getattr(self.model, prefix, None) if prefix else None
         if body_module is None or body_module is self.model:
             raise ConfigError(f"{type(self.model).__name__} has no separate encoder (base_model_prefix "
                               f"{prefix!r}): head and encoder learning rates cannot be told apart")
-        body_ids = {id(p) for p in body_module.parameters()}
+        pooler = getattr(body_module, "pooler", None)
+        pooler_ids = {id(p) for p in pooler.parameters()} if isinstance(pooler, nn.Module) else set()
+        body_ids = {id(p) for p in body_module.parameters()} - pooler_ids
         head = [p for p in self.model.parameters() if id(p) not in body_ids]
         body = [p for p in self.model.parameters() if id(p) in body_ids]
         return head, body
