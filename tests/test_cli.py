@@ -102,3 +102,66 @@ def test_index_refuses_a_corpus_it_was_not_built_from(beir_dir, monkeypatch, cap
 def test_train_rejects_unknown_config_keys(beir_dir, monkeypatch, capsys):
     code, err = run_main(monkeypatch, capsys, "train", "dpr", "--set", "trainer.learning_rat=3")
     assert code == 2 and "learning_rate" in err
+
+
+def test_mine_negatives_from_a_run_with_false_negative_control(beir_dir):
+    # A run that ranks every passage for every query, in id order (p1 first).
+    ids = ["p1", "p2", "p3", "p4", "p5"]
+    (beir_dir / "all.trec").write_text("".join(f"{q} Q0 {p} {r + 1} {5 - r} x\n" for q in ("q1", "q2", "q3")
+                                               for r, p in enumerate(ids)))
+    report = json.loads(invoke("mine", beir_dir / "all.trec", beir_dir / "qa.jsonl", beir_dir / "corpus.jsonl",
+                               "--qrels", beir_dir / "qrels.tsv", "--ranks", "0:4", "--per-query", "8", "--top",
+                               "--out", beir_dir / "lists.jsonl"))
+    rows = {r["qid"]: r for r in map(json.loads, (beir_dir / "lists.jsonl").read_text().splitlines())}
+    # Ranks 0-3 are p1..p4; each query's positive is never a negative. q1's answer "Paris" is in p1 (its
+    # positive) only; q3's "chemical energy" is in p4 (its positive).
+    assert rows["q1"] == {"qid": "q1", "query": "What is the capital of France?", "positives": ["p1"],
+                          "negatives": ["p2", "p3", "p4"]}
+    assert rows["q2"]["negatives"] == ["p1", "p3", "p4"] and rows["q3"]["negatives"] == ["p1", "p2", "p3"]
+    assert report == {"queries": 3, "ranks": [0, 4], "without_negatives": 0, "lists": 3, "negatives": 9}
+
+    # A passage holding an answer string is not a negative; with --keep-answers it is.
+    (beir_dir / "qa2.jsonl").write_text(json.dumps({"id": "q2", "question": "Eiffel?", "answers": ["capital"]}) + "\n")
+    invoke("mine", beir_dir / "all.trec", beir_dir / "qa2.jsonl", beir_dir / "corpus.jsonl", "--qrels",
+           beir_dir / "qrels.tsv", "--ranks", "2", "--top", "--out", beir_dir / "l2.jsonl")
+    rows = [json.loads(x) for x in (beir_dir / "l2.jsonl").read_text().splitlines()]
+    assert rows == []  # q2's only candidate besides its positive (p1) holds "capital": no negative left
+    invoke("mine", beir_dir / "all.trec", beir_dir / "qa2.jsonl", beir_dir / "corpus.jsonl", "--qrels",
+           beir_dir / "qrels.tsv", "--ranks", "2", "--top", "--keep-answers", "--out", beir_dir / "l3.jsonl")
+    assert json.loads((beir_dir / "l3.jsonl").read_text())["negatives"] == ["p1"]
+
+
+def test_mine_with_a_ranker_moves_passages_by_threshold(beir_dir, tiny_bert_dir):
+    from distillir.rankers.cross_encoder import CrossEncoder
+
+    ids = ["p1", "p2", "p3", "p4", "p5"]
+    (beir_dir / "all.trec").write_text("".join(f"q1 Q0 {p} {r + 1} {5 - r} x\n" for r, p in enumerate(ids)))
+    ranker = CrossEncoder.from_pretrained(tiny_bert_dir, max_length=64)
+    ranker.save_pretrained(beir_dir / "ce")
+    corpus = {r["_id"]: r for r in map(json.loads, (beir_dir / "corpus.jsonl").read_text().splitlines())}
+    logits = dict(zip(ids[1:], ranker.score_pairs(["What is the capital of France?"] * 4,
+                                                  [(corpus[p]["title"], corpus[p]["text"]) for p in ids[1:]])))
+    ordered = sorted(logits.values())
+    cut = (ordered[1] + ordered[2]) / 2  # two candidates below the cut, two above
+
+    def lists(*extra):
+        invoke("mine", beir_dir / "all.trec", beir_dir / "queries.jsonl", beir_dir / "corpus.jsonl", "--qrels",
+               beir_dir / "qrels.tsv", "--ranker", beir_dir / "ce", "--scale", "logit", "--per-query", "8",
+               "--out", beir_dir / "d.jsonl", *extra)
+        return json.loads((beir_dir / "d.jsonl").read_text())
+
+    row = lists("--neg-threshold", str(cut), "--pos-threshold", str(cut + 1e-6))
+    assert row["negatives"] == [p for p in ids[1:] if logits[p] <= cut]
+    assert set(row["positives"]) == {"p1"} | {p for p in ids[1:] if logits[p] > cut}
+    row = lists("--neg-threshold", str(ordered[-1] + 1), "--pos-threshold", str(ordered[-1] + 2))
+    assert row["negatives"] == ids[1:] and row["positives"] == ["p1"]
+    row = lists("--neg-threshold", str(cut), "--pos-threshold", str(cut + 1e-6), "--no-extra-positives")
+    assert row["positives"] == ["p1"]
+
+
+def test_mine_rejects_a_bad_rank_range(beir_dir):
+    (beir_dir / "r.trec").write_text("q1 Q0 p2 1 1.0 x\n")
+    result = CliRunner().invoke(app, ["mine", str(beir_dir / "r.trec"), str(beir_dir / "queries.jsonl"),
+                                      str(beir_dir / "corpus.jsonl"), "--ranks", "5:2", "--out", str(beir_dir / "x")])
+    assert result.exit_code != 0 and "START < END" in result.output
+    assert not (beir_dir / "x").exists()

@@ -202,6 +202,90 @@ def rerank(
     typer.echo(f"re-ranked {len(reranked)} queries, wrote {out}", err=True)
 
 
+class Scale(str, Enum):
+    sigmoid = "sigmoid"
+    relative = "relative"
+    logit = "logit"
+
+
+def _rank_range(text: str) -> tuple[int, int]:
+    start, sep, end = text.partition(":")
+    try:
+        return (int(start or 0), int(end)) if sep else (0, int(start))
+    except ValueError:
+        raise typer.BadParameter(f"expected START:END (0-based, END excluded) or END, got {text!r}",
+                                 param_hint="--ranks") from None
+
+
+@app.command()
+def mine(
+    run: Annotated[Path, typer.Argument(help="The run to mine (TREC or JSONL): any retriever's top-N.")],
+    queries: QueriesArg,
+    corpus: CorpusArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Training lists (.jsonl): qid, query, positives, negatives.")],
+    qrels: Annotated[str | None, typer.Option(help="Known positives: qrels (BEIR .tsv or TREC) or NAME[:SPLIT]; default: the queries' gold passage ids.")] = None,
+    ranks: Annotated[str, typer.Option(help="Rank range START:END to mine from (0-based, END excluded).")] = "0:100",
+    per_query: Annotated[int, typer.Option(help="Negatives kept per query.")] = 8,
+    sample: Annotated[bool, typer.Option("--sample/--top", help="Draw at random within the range (seeded), or keep the best ranked.")] = True,
+    exclude_answers: Annotated[bool, typer.Option("--exclude-answers/--keep-answers", help="Drop passages containing an answer (queries with answers).")] = True,
+    ranker: Annotated[str | None, typer.Option(help="Cross-encoder that denoises (RocketQA): re-scores the range and relabels it by the thresholds.")] = None,
+    pos_threshold: Annotated[float, typer.Option(help="With --ranker: scored at or above -> an extra positive.")] = 0.9,
+    neg_threshold: Annotated[float, typer.Option(help="With --ranker: scored at or below -> a negative; in between -> dropped.")] = 0.1,
+    scale: Annotated[Scale, typer.Option(help="With --ranker: what the thresholds compare with: sigmoid(logit), relative (sigmoid of logit minus the positive's), or the logit.")] = Scale.sigmoid,
+    extra_positives: Annotated[bool, typer.Option("--extra-positives/--no-extra-positives", help="With --ranker: add passages above pos_threshold as positives.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch for --ranker.")] = 64,
+) -> None:
+    """Mine hard negatives from a run, with false-negative control: known positives, answer-containing
+    passages and (with --ranker) passages the re-ranker scores as relevant never become negatives."""
+    from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
+    from distillir.data.negatives import build_examples, mine_negatives, write_training_lists
+    from distillir.errors import InputError
+    from distillir.evaluation.run import Run
+
+    start, end = _rank_range(ranks)
+    if not 0 <= start < end:
+        raise typer.BadParameter(f"need 0 <= START < END, got {ranks!r}", param_hint="--ranks")
+    if per_query < 1:
+        raise typer.BadParameter(f"must be at least 1, got {per_query}", param_hint="--per-query")
+    the_run = Run.read(run)
+    passages = resolve_corpus(corpus)
+    qs = resolve_queries(queries, default_split="train", ids=set(the_run))
+    if qrels:
+        judged = resolve_qrels(qrels, default_split="train")
+        positives = {qid: {pid for pid, rel in docs.items() if rel > 0} for qid, docs in judged.items()}
+    else:
+        positives = {qid: set(gold) for qid, gold in zip(qs.ids, qs.gold_ids) if gold}
+    positives = {qid: pids for qid, pids in positives.items() if pids and qid in the_run}
+    if not positives:
+        raise InputError(qrels or queries, "no query of the run has a known positive passage (give --qrels, or "
+                                           "queries with gold passage ids)")
+    qs = qs.subset([qid for qid in qs.ids if qid in positives])
+    report: dict = {"queries": len(qs), "ranks": [start, end]}
+    if ranker is None:
+        negatives = mine_negatives(the_run, qs, passages, positives, n=per_query, rank_range=(start, end),
+                                   exclude_answers=exclude_answers, sample=sample, seed=seed)
+        examples = build_examples(qs, positives, negatives)
+        report["without_negatives"] = sum(not ex.negatives for ex in examples)
+        examples = [ex for ex in examples if ex.negatives]  # nothing to contrast the positive with
+    else:
+        from distillir.data.denoise import denoise_lists
+        from distillir.rankers.cross_encoder import CrossEncoder
+
+        window = Run({qid: hits[start:end] for qid, hits in the_run.items()}, name=the_run.name)
+        denoised = denoise_lists(CrossEncoder.from_pretrained(ranker), window, qs, passages, positives,
+                                 depth=end - start, pos_threshold=pos_threshold, neg_threshold=neg_threshold,
+                                 scale=scale.value, max_negatives=per_query, extra_positives=extra_positives,
+                                 exclude_answers=exclude_answers, batch_size=batch_size, show_progress=True)
+        examples = denoised.examples
+        report["without_negatives"] = denoised.stats.lists_without_negatives
+        report["denoise"] = denoised.stats.as_dict()
+    write_training_lists(out, examples)
+    report.update(lists=len(examples), negatives=sum(len(ex.negatives) for ex in examples))
+    typer.echo(json.dumps(report))
+    typer.echo(f"wrote {len(examples)} training lists to {out}", err=True)
+
+
 @app.command()
 def train(
     recipe: Annotated[str, typer.Argument(help="Recipe name (see `distillir recipes`).")],
