@@ -201,3 +201,26 @@ def test_ranker_param_groups_split_head_from_encoder(tiny_bert_dir):
         ranker_param_groups(ranker, 1e-5, 0.0)
     with pytest.raises(ConfigError, match="head_learning_rate"):
         load_config(CrossEncoderConfig, None, ["head_learning_rate=-1"])
+
+
+def test_training_lists_from_a_file_are_used_as_given(tiny_bert_dir, tiny_dataset, tmp_path):
+    from distillir.errors import InputError
+
+    given = tmp_path / "mined.jsonl"
+    rows = [{"qid": "train0", "query": "volcano science", "positives": ["d0a"], "negatives": ["d1a", "d2b"]},
+            {"qid": "train1", "query": "glacier science", "positives": ["d1a"], "negatives": []},
+            {"qid": "train2", "query": "protein science", "positives": ["d2a"], "negatives": ["d0b"]}]
+    given.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    sets = [f"model={tiny_bert_dir}", f"output_dir={out}", f"data.dataset={tiny_dataset}", "max_length=48",
+            "list_size=3", "trainer.per_device_batch_size=2", "trainer.max_steps=1", f"negatives.lists={given}"]
+    results = CrossEncoderRecipe().run(load_config(CrossEncoderConfig, None, sets))
+    assert results["train_examples"] == 2  # train1 has no negative: left out
+    written = [json.loads(line) for line in (out / "train_lists.jsonl").read_text().splitlines()]
+    assert written == [rows[0], rows[2]]
+
+    rows[2]["negatives"] = ["nope"]
+    given.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match=r"mined.jsonl.*line 3.*negatives.*'nope'"):
+        CrossEncoderRecipe().run(load_config(CrossEncoderConfig, None, [*sets[:1], f"output_dir={tmp_path / 'r2'}",
+                                                                        *sets[2:]]))

@@ -138,8 +138,9 @@ def mined_training_lists(
     require_negatives: bool = False,
 ) -> list:
     """Training lists for a supervised recipe: each query's positives (qrels or gold ids) and negatives mined
-    from `first_stage(queries)`'s run (`negatives`: mined, depth, exclude_answers, sample). The main process
-    mines and writes `lists_path`; other processes, and resumed runs, read it back."""
+    from `first_stage(queries)`'s run (`negatives`: mined, depth, exclude_answers, sample), or, when
+    `negatives.lists` names a file (e.g. from `distillir mine`), that file's lists as given (checked against the
+    corpus). The main process writes `lists_path`; other processes, and resumed runs, read it back."""
     from distillir.data.negatives import (
         build_examples,
         mine_negatives,
@@ -154,6 +155,22 @@ def mined_training_lists(
         if lists_path.is_file() and (resume or not state.is_main_process):
             logger.info("reading training lists from %s", lists_path)
             return read_training_lists(lists_path, dataset.corpus)
+        given = getattr(negatives, "lists", None)
+        if given:
+            examples = read_training_lists(given, dataset.corpus)
+            if require_negatives:
+                kept = [ex for ex in examples if ex.negatives]
+                if not kept:
+                    from distillir.errors import InputError
+
+                    raise InputError(given, "no list has a negative: a ranker needs something to contrast with")
+                if len(kept) < len(examples):
+                    logger.warning("%d of %d lists in %s have no negative and are left out",
+                                   len(examples) - len(kept), len(examples), given)
+                examples = kept
+            write_training_lists(lists_path, examples)  # the run directory keeps what it trained on
+            logger.info("using %d training lists from %s", len(examples), given)
+            return examples
         positives = positives_from_dataset(dataset)
         queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
         if len(queries) < len(dataset.queries):

@@ -59,6 +59,7 @@ class RankerNegatives:
     mined: int = 15  # negatives kept per query in train_lists.jsonl (each step samples list_size - 1 of them)
     sample: bool = False  # False: the best-ranked negatives; True: a seeded random draw within `depth`
     exclude_answers: bool = True  # drop passages containing an answer string (when queries have answers)
+    lists: str | None = None  # training lists (JSONL, e.g. from `distillir mine`) used as given: nothing is mined
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.mined < 1:

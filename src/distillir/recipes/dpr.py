@@ -50,6 +50,7 @@ class DPRNegatives:
     depth: int = 100  # BM25 ranks to mine from
     sample: bool = False  # False: the best-ranked BM25 negatives (DPR); True: a random draw within `depth`
     exclude_answers: bool = True  # drop passages containing an answer string (when queries have answers)
+    lists: str | None = None  # training lists (JSONL, e.g. from `distillir mine`) used as given: nothing is mined
 
     def __post_init__(self) -> None:
         if self.per_query < 0 or self.mined < self.per_query:
