@@ -39,6 +39,17 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def keep_environment(res: dict) -> None:
+    """Record the machine a run started on, once: a resumed run adds the date and load of each later session
+    under "resumed"; re-rendering a complete run changes nothing."""
+    if "environment" not in res:
+        res["environment"] = environment()
+    elif not res.get("complete"):
+        res.setdefault("resumed", []).append(
+            {"date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "loadavg_at_start": list(os.getloadavg())})
+
+
 def environment() -> dict:
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

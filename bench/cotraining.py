@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, peak_rss_mb, write_results
+from _common import WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 42
@@ -128,7 +128,8 @@ class Bench:
             raise SystemExit(f"{self.work} holds a run with other settings ({previous.get('settings')}); "
                              "choose another --work-dir")
         self.res = previous or {"systems": {}}
-        self.res.update(settings=s, command=command_line(), environment=environment(), complete=False)
+        keep_environment(self.res)
+        self.res.update(settings=s, command=command_line())
         if a.note and a.note not in self.res.setdefault("notes", []):
             self.res["notes"].append(a.note)
         self.eval_ds = load_dataset(a.data_dir or a.dataset, SPLITS[a.dataset], max_queries=a.eval_questions or None, seed=SEED)
@@ -311,8 +312,10 @@ class Bench:
                 continue
             log(f"--- {key}")
             systems[key]()
-        self.res["complete"] = all(self.res["systems"].get(k) is not None for k in ORDER)
-        self.res["elapsed_s"] = round(self.res.get("elapsed_s", 0) + time.perf_counter() - t0, 1)
+        complete = all(self.res["systems"].get(k) is not None for k in ORDER)
+        if not (self.res.get("complete") and complete):  # a re-render of a finished run adds no time
+            self.res["elapsed_s"] = round(self.res.get("elapsed_s", 0) + time.perf_counter() - t0, 1)
+        self.res["complete"] = complete
         self.save()
         log(f"done; wrote bench/results/{self.name}.json and .md")
 
@@ -378,16 +381,18 @@ def reading(res: dict) -> str:
                     ("ar2_lambda_0.5", "AR2 lambda=0.5"), ("ar2_lambda_0", "AR2 lambda=0"),
                     ("hard_negatives", "plain hard negatives"), ("dpr", "DPR supervised"),
                     ("minilm", "the untrained MiniLM")):
-        v = value(k)
+        v, start = value(k), value("minilm")
         if v is not None:
-            parts.append(f"{name} {v:.3f} ({'+' if v >= bm else ''}{v - bm:.3f} vs BM25).")
-    for k, name in (("rerank_bm25", "re-ranking BM25"), ("rerank_dpr", "re-ranking DPR")):
-        v = value(k)
+            vs_start = f", {v - start:+.3f} vs its untrained start" if start is not None and k != "minilm" else ""
+            parts.append(f"{name} {v:.3f} ({v - bm:+.3f} vs BM25{vs_start}).")
+    for k, source, name in (("rerank_bm25", "bm25", "re-ranking BM25"), ("rerank_dpr", "dpr", "re-ranking DPR")):
+        v, first = value(k), value(source)
         if v is not None:
             trained = [value(x) for x in ("rocketqa_dynamic", "ar2_lambda_0.5") if value(x) is not None]
             best = max(trained) if trained else None
-            parts.append(f"The cross-encoder {name}: {v:.3f}" + (f" (best co-trained retriever {best:.3f})."
-                                                                 if best is not None else "."))
+            parts.append(f"The cross-encoder {name}: {v:.3f}"
+                         + (f" ({v - first:+.3f} vs the run it re-ranks)" if first is not None else "")
+                         + (f"; best co-trained retriever {best:.3f}." if best is not None else "."))
     rr, start = value("rerank_bm25"), value("minilm")
     if rr is not None and start is not None and rr < start:
         taught = [value(x) for x in ("rocketqa_dynamic", "rocketqa_static", "ar2_lambda_0.5", "ar2_lambda_0")]
@@ -397,6 +402,15 @@ def reading(res: dict) -> str:
                      f"BM25: {rr:.3f} vs the untrained MiniLM's {start:.3f}): "
                      + ("every ranker-taught retriever ends below that start, as distilling a weaker teacher should."
                         if below else "distillation cannot be expected to lift the student above it."))
+    elif rr is not None and start is not None:
+        taught = [v - start for v in (value(x) for x in ("rocketqa_dynamic", "rocketqa_static", "ar2_lambda_0.5",
+                                                           "ar2_lambda_0")) if v is not None]
+        plain = [v - start for v in (value(x) for x in ("hard_negatives", "dpr")) if v is not None]
+        if taught and plain:
+            parts.append(f"The re-ranker ranks above the student's start here (re-ranking BM25: {rr:.3f} vs the "
+                         f"untrained MiniLM's {start:.3f}); the ranker-taught retrievers gain {min(taught):+.3f} to "
+                         f"{max(taught):+.3f} over that start, the label-trained ones (plain hard negatives, DPR) "
+                         f"{min(plain):+.3f} to {max(plain):+.3f} at the same steps.")
     d, st = value("rocketqa_dynamic"), value("rocketqa_static")
     if d is not None and st is not None:
         parts.append(f"Dynamic minus static: {d - st:+.3f}.")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, peak_rss_mb, write_results
+from _common import WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
 
 SEED = 42
 TOP_K = 100
@@ -481,8 +481,9 @@ class Bench:
             raise SystemExit(f"{self.work} holds a run with other settings ({previous.get('settings')}); "
                              "choose another --work-dir")
         self.res = previous or {}
-        self.res.update(preset=args.preset, settings=s, command=command_line(), environment=environment(),
-                        model=args.model, device=self.device_name(), complete=False)
+        keep_environment(self.res)
+        self.res.update(preset=args.preset, settings=s, command=command_line(), model=args.model,
+                        device=self.device_name(), complete=False)
         self.res.setdefault("baselines", {})
         self.res.setdefault("ablations", {})
         self.res.setdefault("main", {"rounds": {}})
