@@ -224,3 +224,13 @@ def test_training_lists_from_a_file_are_used_as_given(tiny_bert_dir, tiny_datase
     with pytest.raises(InputError, match=r"mined.jsonl.*line 3.*negatives.*'nope'"):
         CrossEncoderRecipe().run(load_config(CrossEncoderConfig, None, [*sets[:1], f"output_dir={tmp_path / 'r2'}",
                                                                         *sets[2:]]))
+
+
+def test_on_plateau_flags_a_loss_near_uniform_scores():
+    import math
+
+    from distillir.recipes.cross_encoder import on_plateau
+
+    assert on_plateau(2.0866, 8)  # ln 8 = 2.079: the shipped RocketQAv2 warm-up's end on SciFact
+    assert on_plateau(0.96 * math.log(8), 8) and not on_plateau(0.94 * math.log(8), 8)
+    assert not on_plateau(1.09, 8) and not on_plateau(None, 8)

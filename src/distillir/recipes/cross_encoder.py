@@ -21,6 +21,7 @@ tokenized for a retriever, a ranker or both), `train_ranker` (one resumable rank
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -266,6 +267,11 @@ def ranker_param_groups(ranker, learning_rate: float, head_learning_rate: float 
     return groups
 
 
+def on_plateau(loss: float | None, list_size: int, tolerance: float = 0.05) -> bool:
+    """Whether a listwise CE loss is within `tolerance` (relative) of ln(list_size), the loss of uniform scores."""
+    return loss is not None and loss >= (1 - tolerance) * math.log(list_size)
+
+
 def train_ranker(
     ranker,
     examples,
@@ -292,6 +298,11 @@ def train_ranker(
     trainer = Trainer(ranker, args, examples, collate, loss_fn=ranker_list_loss, callbacks=callbacks,
                       param_groups=groups)
     summary = trainer.train()
+    if on_plateau(summary.get("loss"), list_size):
+        logger.warning("%s: the ranker's loss ended at %.3f, on the uniform plateau ln(%d) = %.3f: it still scores "
+                       "every passage alike, so it cannot denoise or teach yet. Train it longer or at a higher "
+                       "learning rate, or start from a trained re-ranker (e.g. `distillir train cross-encoder`)",
+                       output_dir, summary["loss"], list_size, math.log(list_size))
     if trainer.is_main_process:
         ranker.save_pretrained(Path(output_dir) / FINAL_DIR)
         write_json(Path(output_dir) / PHASE_SUMMARY_FILE, summary)
