@@ -97,8 +97,12 @@ class CrossEncoderConfig:
 
     def __post_init__(self) -> None:
         check_list_size(self.list_size)
-        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
-            raise ConfigError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
+        check_head_learning_rate(self.head_learning_rate)
+
+
+def check_head_learning_rate(head_learning_rate: float | None) -> None:
+    if head_learning_rate is not None and head_learning_rate <= 0:
+        raise ConfigError(f"head_learning_rate must be positive, got {head_learning_rate}")
 
 
 def check_list_size(list_size: int) -> None:
@@ -254,10 +258,9 @@ def ranker_param_groups(ranker, learning_rate: float, head_learning_rate: float 
                         weight_decay: float = 0.0) -> list[dict[str, Any]] | None:
     """AdamW groups giving the ranker's head `head_learning_rate` and its encoder `learning_rate`
     (None when there is no separate head rate: the Trainer's default groups apply)."""
+    check_head_learning_rate(head_learning_rate)
     if head_learning_rate is None:
         return None
-    if head_learning_rate <= 0:
-        raise ConfigError(f"head_learning_rate must be positive, got {head_learning_rate}")
     head, body = ranker.head_and_body_parameters()
     groups = []
     for params, lr in ((body, learning_rate), (head, head_learning_rate)):

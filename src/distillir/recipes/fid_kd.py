@@ -876,12 +876,12 @@ class FiDKDRecipe(Recipe):
             run = eval_dense.search(self.eval_ds.queries, top_k=config.eval.top_k)
             run.write_trec(rd / "eval" / "retriever.trec", tag=rd.name)
             info["metrics"] = evaluate_retrieval(run, self.eval_ds)
-            info["diagnostics"] = {"questions": "eval",
-                                   **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
+            questions = "eval"
         else:  # no eval split: the check needs no labels, so the training questions serve
             run = dense.search(self.train_queries, top_k=1)
-            info["diagnostics"] = {"questions": "train",
-                                   **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
+            questions = "train"
+        info["diagnostics"] = {"questions": questions,
+                               **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
         return info
 
 

@@ -41,6 +41,7 @@ from distillir.recipes.base import FINAL_DIR, METRICS_FILE, EvalConfig, Recipe, 
 from distillir.recipes.cross_encoder import (
     CandidateListCollator,
     TrainSplit,
+    check_head_learning_rate,
     check_list_size,
     phase_arguments,
     phase_done,
@@ -115,8 +116,7 @@ class RankerWarmup:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"need steps >= 0 and learning_rate > 0, got {self.steps}, {self.learning_rate}")
-        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
-            raise ConfigError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
+        check_head_learning_rate(self.head_learning_rate)
 
 
 @dataclass
