@@ -29,7 +29,7 @@ def tiny_config(bert_dir: str, data: Path, out: Path, *extra: str) -> AR2Config:
         "shared_encoder=true", "iterations=2", "ranker_steps=2", "retriever_steps=2", "group_size=3", "depth=6",
         "ranker_learning_rate=1e-3", "trainer.learning_rate=1e-3", "trainer.per_device_batch_size=4",
         "trainer.warmup_ratio=0", "trainer.save_steps=1", "trainer.log_steps=1", "ranker_warmup.steps=1",
-        "ranker_warmup.learning_rate=1e-3", *extra,
+        "ranker_warmup.learning_rate=1e-3", "trainer.max_grad_norm=null", *extra,
     ])
 
 
@@ -71,6 +71,9 @@ def test_ar2_iterations_end_to_end_and_resume(tiny_bert_dir, tiny_dataset, tmp_p
                                           f"eval.dataset={tiny_dataset}", "eval.top_k=5", "eval.baseline=true",
                                           "eval.rerank_top_k=3"))
     assert (out / "ranker-warmup/final").is_dir() and results["ranker_warmup"]["global_step"] == 1
+    # The warm-up clips at its own max_grad_norm whatever the trainer's (the Trainer logs a norm when it clips).
+    assert "grad_norm" in json.loads((out / "ranker-warmup/log.jsonl").read_text().splitlines()[0])
+    assert "grad_norm" not in json.loads((out / "iter-1/ranker/log.jsonl").read_text().splitlines()[0])
     for k in (1, 2):
         it = out / f"iter-{k}"
         lists = [json.loads(line) for line in (it / "train_lists.jsonl").read_text().splitlines()]

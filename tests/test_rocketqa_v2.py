@@ -127,6 +127,11 @@ def test_rocketqa_v2_recipe_end_to_end_and_resume(tiny_bert_dir, tiny_dataset, t
 
     assert (out / "ranker-warmup/final").is_dir() and results["ranker_warmup"]["global_step"] == 2
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    # The warm-up clips (its own max_grad_norm, 1.0), the joint phase does not (trainer.max_grad_norm null):
+    # the Trainer logs a gradient norm only when it clips.
+    warmup_log = [json.loads(line) for line in (out / "ranker-warmup/log.jsonl").read_text().splitlines()]
+    assert warmup_log and all("grad_norm" in row for row in warmup_log)
+    assert not any("grad_norm" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
     assert {"sup", "kl"} <= set(json.loads((out / "log.jsonl").read_text().splitlines()[0]))
     retriever = BiEncoder.from_pretrained(out / "final/retriever")
     assert retriever.shared and retriever.settings.query_max_length == 16
@@ -175,3 +180,9 @@ def test_shipped_configs_load(name):
         assert config.lists.list_size == 32 and config.trainer.learning_rate == 1e-5
         assert (config.query_max_length, config.passage_max_length) == (32, 128)
         assert (config.denoise.pos_threshold, config.denoise.neg_threshold) == (0.9, 0.1)
+
+
+def test_ranker_warmup_clipping_must_be_positive():
+    assert load_config(RocketQAv2Config, None, ["ranker_warmup.max_grad_norm=null"]).ranker_warmup.max_grad_norm is None
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        load_config(RocketQAv2Config, None, ["ranker_warmup.max_grad_norm=0"])

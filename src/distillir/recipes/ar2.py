@@ -288,6 +288,7 @@ class AR2Recipe(Recipe):
         summary = train_ranker(ranker, examples, corpus, config.group_size, config.trainer, phase_dir,
                                seed=config.seed, resume=config.resume, callbacks=callbacks,
                                max_steps=config.ranker_warmup.steps, learning_rate=config.ranker_warmup.learning_rate,
+                               max_grad_norm=config.ranker_warmup.max_grad_norm,
                                head_learning_rate=config.ranker_warmup.head_learning_rate)
         return ranker, summary
 

@@ -112,10 +112,15 @@ class RankerWarmup:
     steps: int = 0
     learning_rate: float = 2e-5
     head_learning_rate: float | None = None  # a fresh classifier head's peak rate (None: learning_rate)
+    # The ranker trains alone here, so clipping cannot shrink a retriever's steps (as it would in joint
+    # training); a fresh head at a high rate is trained clipped, as in the cross-encoder recipe.
+    max_grad_norm: float | None = 1.0  # None: no clipping
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"need steps >= 0 and learning_rate > 0, got {self.steps}, {self.learning_rate}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive (or null: no clipping), got {self.max_grad_norm}")
         check_head_learning_rate(self.head_learning_rate)
 
 
@@ -443,6 +448,7 @@ class RocketQAv2Recipe(Recipe):
                                seed=config.seed, resume=config.resume, callbacks=callbacks,
                                max_steps=config.ranker_warmup.steps,
                                learning_rate=config.ranker_warmup.learning_rate,
+                               max_grad_norm=config.ranker_warmup.max_grad_norm,
                                head_learning_rate=config.ranker_warmup.head_learning_rate)
         return ranker, summary
 
