@@ -591,10 +591,11 @@ def markdown(out: dict) -> str:
             f"vectors in {s.get('clusters')} Gaussian clusters (sigma {s.get('noise_sigma')}, seed {s.get('seed')}): "
             f"{s.get('how')}. HNSW is built on the first {_vector_settings(out)['hnsw_size']:,} synthetic vectors only, "
             f"with exact search on the same subset as its reference: with the library's defaults (M 32, "
-            f"efConstruction 200) a 100,000-vector build did not finish within 600 s on this shared machine, so 1M "
-            f"was out of reach. IVF-PQ on 1M uses nlist {_vector_settings(out)['synth_nlist']} and m "
-            f"{_vector_settings(out)['synth_pq_m']} (the library defaults, nlist 4*sqrt(n) = 4,000 and m = dim/4 = 96, are too "
-            f"slow to train on this shared 2-core machine); on squad-open, if present, the library defaults are used. "
+            f"efConstruction 200) the build time grows faster than linearly, and a 1M build does not fit a 2-core "
+            f"session. IVF-PQ on 1M uses nlist {_vector_settings(out)['synth_nlist']} and m "
+            f"{_vector_settings(out)['synth_pq_m']} (the library's default nlist, 4*sqrt(n) = 4,000, is too slow to "
+            f"train on this shared 2-core machine; its default m is dim/8 = 48); on squad-open, if present, the "
+            f"library defaults are used. "
             f"Peak RSS includes Python, torch, faiss and the float32 vectors themselves ('data MB', memory-mapped "
             f"from a .npy and paged in by the search); peak minus data approximates the index's own memory plus "
             f"search buffers (ExactIndex scores blocks of up to 2^26 floats, 256 MB)."
@@ -616,7 +617,7 @@ def markdown(out: dict) -> str:
         L.append("All vector rows at these settings in one command:")
         L.append("")
         L.append("```")
-        L.append(f"cd /work/main && .venv/bin/python bench/speed.py --parts vector --vector-queries {st['vector_queries']} "
+        L.append(f".venv/bin/python bench/speed.py --parts vector --vector-queries {st['vector_queries']} "
                  f"--hnsw-size {st['hnsw_size']} --synth-nlist {st['synth_nlist']} --synth-pq-m {st['synth_pq_m']}")
         L.append("```")
     if len(cmds) > 1:
