@@ -300,10 +300,15 @@ def spawn(variant: str, args, extra: list[str] = ()) -> dict:
 
 
 def part_encode(args, out: dict) -> None:
+    import importlib.util
+
     import numpy as np
 
     from distillir.retrievers.dense.index import ExactIndex
 
+    if importlib.util.find_spec("sentence_transformers") is None:  # the peer every figure is relative to
+        sys.exit("bench/speed.py --parts encode compares with sentence-transformers, which is not installed: "
+                 ".venv/bin/pip install torch==2.13.0 sentence-transformers==6.2.0 (see bench/README.md)")
     rounds = []
     for r in range(args.rounds):  # interleaved rounds: drift in machine load hits every variant alike
         for v in ENCODE_VARIANTS:
