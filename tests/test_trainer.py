@@ -18,6 +18,7 @@ from distillir.errors import ConfigError
 from distillir.losses.contrastive import ContrastiveLoss
 from distillir.training.checkpoint import list_checkpoints, load_checkpoint
 from distillir.training.trainer import (
+    TrainConfig,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -299,3 +300,10 @@ def test_torchrun_two_processes_keep_weights_in_sync(tiny_bert_dir, tmp_path):
     state = load_checkpoint(out / "checkpoints" / "step-2")
     assert len(state["rng"]) == 2 and state["state"]["num_processes"] == 2
     print(f"torchrun test took {time.perf_counter() - start:.1f}s")
+
+
+def test_max_grad_norm_must_be_positive_or_null():
+    assert TrainConfig(max_grad_norm=None).max_grad_norm is None
+    for bad in (0.0, -1.0):  # -1 would flip every gradient in clip_grad_norm_; 0 would silently not clip
+        with pytest.raises(ConfigError, match="max_grad_norm must be positive"):
+            TrainConfig(max_grad_norm=bad)

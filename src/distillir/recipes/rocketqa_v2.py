@@ -50,7 +50,7 @@ from distillir.recipes.cross_encoder import (
     rerank_run,
     train_ranker,
 )
-from distillir.training.trainer import TrainConfig, Trainer, process_state
+from distillir.training.trainer import TrainConfig, Trainer, check_max_grad_norm, process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
@@ -119,8 +119,7 @@ class RankerWarmup:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.learning_rate <= 0:
             raise ConfigError(f"need steps >= 0 and learning_rate > 0, got {self.steps}, {self.learning_rate}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ConfigError(f"max_grad_norm must be positive (or null: no clipping), got {self.max_grad_norm}")
+        check_max_grad_norm(self.max_grad_norm)
         check_head_learning_rate(self.head_learning_rate)
 
 

@@ -81,6 +81,13 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be at least 1 (or null to keep all), got {self.save_total_limit}")
+        check_max_grad_norm(self.max_grad_norm)
+
+
+def check_max_grad_norm(max_grad_norm: float | None) -> None:
+    # A negative norm would flip every gradient's sign in clip_grad_norm_; 0 would read as "no clipping".
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ConfigError(f"max_grad_norm must be positive (or null: no clipping), got {max_grad_norm}")
 
 
 @dataclass(kw_only=True)
