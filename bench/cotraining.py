@@ -216,7 +216,7 @@ class Bench:
     def rerank(self, key: str, source: str, label: str) -> None:
         import torch
 
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
         from distillir.rankers.cross_encoder import CrossEncoder
         from distillir.recipes.cross_encoder import rerank_run
 

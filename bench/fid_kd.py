@@ -573,7 +573,7 @@ class Bench:
     def collapse_report(self) -> None:
         """top1_concentration of every dev run on disk: does each retriever still depend on the query?"""
         from distillir.evaluation.diagnostics import top1_concentration
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
 
         main = self.work / "main"
         found = {"BM25": main / "round-1" / "retrieve" / "eval.trec",
@@ -617,7 +617,7 @@ class Bench:
         self.save()
 
     def hybrid(self) -> None:
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
         from distillir.recipes.fid_kd import evaluate_retrieval
         from distillir.retrievers.hybrid import reciprocal_rank_fusion
 

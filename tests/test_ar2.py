@@ -62,7 +62,7 @@ def test_retriever_step_trains_the_retriever_only(tiny_bert_dir, tiny_corpus):
 def test_ar2_iterations_end_to_end_and_resume(tiny_bert_dir, tiny_dataset, tmp_path):
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.retrievers.dense.encoder import BiEncoder
 

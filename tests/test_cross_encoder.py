@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
-from distillir.evaluation.run import Run
 from distillir.losses import ListwiseCrossEntropyLoss
 from distillir.rankers import CrossEncoder, Ranker
 from distillir.rankers.cross_encoder import SETTINGS_FILE

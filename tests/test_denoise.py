@@ -6,19 +6,18 @@ import math
 
 import pytest
 
-from distillir.data.denoise import (
+from distillir.data.negatives import read_training_lists, write_training_lists
+from distillir.data.run import Run
+from distillir.data.types import Queries
+from distillir.errors import ConfigError
+from distillir.rankers.base import Ranker
+from distillir.rankers.denoise import (
     check_thresholds,
     denoise_lists,
-    hybrid_lists,
     relabel,
     scaled,
     undenoised_lists,
 )
-from distillir.data.negatives import read_training_lists, write_training_lists
-from distillir.data.types import Queries
-from distillir.errors import ConfigError
-from distillir.evaluation.run import Run
-from distillir.rankers.base import Ranker
 
 
 class TitleScores(Ranker):
@@ -142,7 +141,7 @@ def test_denoise_lists_relabels_the_top_n_and_guards_answer_passages(corpus):
     assert (ex.positives, ex.negatives) == (["p1"], ["p3"])
 
 
-def test_undenoised_and_hybrid_lists_round_trip(corpus, tmp_path):
+def test_undenoised_and_denoised_lists_round_trip(corpus, tmp_path):
     queries = Queries(["q1", "q2"], ["capital of France", "plants"])
     positives = {"q1": {"p1"}, "q2": {"p6"}}
     run = Run({"q1": [(f"p{i}", 10 - i) for i in range(1, 7)], "q2": [("p6", 3), ("p5", 2)]})
@@ -154,8 +153,7 @@ def test_undenoised_and_hybrid_lists_round_trip(corpus, tmp_path):
 
     ranker = TitleScores({**LOGITS, "p1": 5.0})
     denoised = denoise_lists(ranker, run, queries, corpus, positives, depth=6, neg_threshold=0.5).examples
-    both = hybrid_lists(undenoised, denoised)
-    assert [ex.qid for ex in both] == ["q1", "q2", "q1", "q2"]
+    both = undenoised + denoised
     write_training_lists(tmp_path / "undenoised.jsonl", undenoised)
     write_training_lists(tmp_path / "denoised.jsonl", denoised)
     back = read_training_lists(tmp_path / "undenoised.jsonl", corpus) + read_training_lists(

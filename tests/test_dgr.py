@@ -60,7 +60,7 @@ def test_docids_are_unique_and_the_trie_allows_only_their_continuations(tiny_dat
 
 
 def test_search_returns_real_passages_scored_as_their_identifier_log_probability(student):
-    student.reader.eval()
+    student.seq2seq.eval()
     run = student.search({"q": "what do scientists study about the volcano"}, top_k=4)
     hits = run["q"]
     assert 1 <= len(hits) <= 4 and all(pid in student.row_of_pid for pid, _ in hits)
@@ -77,9 +77,9 @@ def test_loss_is_the_positive_nll_plus_weighted_ranknet(student):
     lists = [RankedList("a", "volcano research", ["d0a", "d1a", "d2b"]), RankedList("b", "glacier", ["d1a", "d0b"])]
     batch = DGRCollator(student, 3)(lists)
     assert batch["index"] is None and batch["lists"]["mask"].tolist() == [[True] * 3, [True, True, False]]
-    student.reader.eval()
+    student.seq2seq.eval()
     with torch.no_grad():
-        loss = DGRLoss(student, config)(student.reader, batch)
+        loss = DGRLoss(student, config)(student.seq2seq, batch)
         s = student.score(batch["lists"]["query"], batch["lists"]["labels"], per_query=3)
         tokens = (batch["lists"]["labels"] != -100).sum(-1).view(2, 3)[:, 0]
         want = (-s[:, 0] / tokens).mean() + 0.5 * DistilledRankNetLoss(1.0, 0.5, 3.0)(s, mask=batch["lists"]["mask"])

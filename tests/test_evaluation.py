@@ -13,13 +13,13 @@ import unicodedata
 
 import pytest
 
+from distillir.data.answers import AnswerMatcher, answer_recall, dpr_tokens, has_answer
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import DistillirError, IndexMismatchError
 from distillir.evaluation import evaluate_run, format_table
-from distillir.evaluation.answers import AnswerMatcher, answer_recall, dpr_tokens, has_answer
 from distillir.evaluation.metrics import evaluate_qrels, gold_mrr, parse_metric, qrels_from_gold
 from distillir.evaluation.qa import evaluate_answers, exact_match, f1_score, normalize_answer
-from distillir.evaluation.run import Run
 
 # ----------------------------------------------------------------------------------------------
 # qrels metrics

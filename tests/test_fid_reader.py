@@ -11,7 +11,8 @@ import torch
 
 from distillir.errors import ConfigError, InputError
 from distillir.readers import FiDCollator, FiDReader, examples_from_run, load_fid_examples
-from distillir.teachers.attention import AttentionUnavailableError
+from distillir.readers.attention import AttentionUnavailableError
+from distillir.teachers.attention import output_scores, resolve_aggregation
 
 TINY_T5 = {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16, "dropout_rate": 0.0}
 
@@ -113,7 +114,7 @@ def test_collator_answer_policy_and_bad_examples(tokenizer):
 
 
 def test_examples_from_run_and_jsonl(tmp_path, tiny_corpus, tiny_queries):
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
 
     run = Run({"q1": [("p1", 2.0), ("p3", 1.0), ("p2", 0.5)], "q2": [("p2", 1.0)]})
     examples = examples_from_run(run, tiny_queries, tiny_corpus, n_passages=2)
@@ -130,21 +131,29 @@ def test_examples_from_run_and_jsonl(tmp_path, tiny_corpus, tiny_queries):
 # ---- forward and teacher scores ------------------------------------------------------------------
 
 
+def scored(reader, batch, name, with_labels=True):
+    """One forward capturing what aggregation `name` needs: (the reader output, its (B, n) scores)."""
+    agg = resolve_aggregation(name)
+    labels = batch.labels if with_labels else None
+    out = reader(batch.input_ids, batch.attention_mask, labels, batch.context_present, attention=agg.capture)
+    return out, output_scores(out, labels, agg)
+
+
 @pytest.mark.parametrize("which", ["t5_reader", "bert_reader"])
 def test_forward_returns_loss_and_scores_per_passage(which, request):
     reader = request.getfixturevalue(which)
     batch = reader.collator()(EXAMPLES)
     reader.train()
-    out = reader(**batch.model_inputs(), teacher="fid")
+    out, scores = scored(reader, batch, "fid")
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.teacher_scores.shape == (2, 3) and not out.teacher_scores.requires_grad
-    assert torch.isfinite(out.teacher_scores[batch.context_present]).all()
-    assert out.teacher_scores[0, 2].item() == float("-inf")  # q1 has only two passages
+    assert scores.shape == (2, 3) and not scores.requires_grad
+    assert torch.isfinite(scores[batch.context_present]).all()
+    assert scores[0, 2].item() == float("-inf")  # q1 has only two passages
     out.loss.backward()  # the same pass trains the reader
     assert any(p.grad is not None for p in reader.parameters())
     reader.zero_grad()
     for name in ("post_softmax", "all_tokens", "max", "adist"):
-        scores = reader(**batch.model_inputs(), teacher=name).teacher_scores
+        _, scores = scored(reader, batch, name)
         assert scores.shape == (2, 3) and torch.isfinite(scores[batch.context_present]).all()
     reader.eval()
 
@@ -168,21 +177,21 @@ def test_bart_reader(tokenizer):
         decoder_start_token_id=tokenizer.sep_token_id,
     )
     reader = FiDReader(BartForConditionalGeneration(config), tokenizer, n_passages=3, passage_max_length=32)
-    out = reader(**reader.collator()(EXAMPLES).model_inputs(), teacher="fid")
-    assert out.teacher_scores.shape == (2, 3) and torch.isfinite(out.loss)
+    out, scores = scored(reader, reader.collator()(EXAMPLES), "fid")
+    assert scores.shape == (2, 3) and torch.isfinite(out.loss)
 
 
 def test_recording_does_not_change_the_loss_and_needs_no_labels_for_first_token(t5_reader):
     batch = t5_reader.collator()(EXAMPLES)
     plain = t5_reader(**batch.model_inputs())
-    recorded = t5_reader(**batch.model_inputs(), teacher="fid")
+    recorded, recorded_scores = scored(t5_reader, batch, "fid")
     assert torch.allclose(plain.loss, recorded.loss, atol=1e-6)
     # The first decoder position only sees the start token: labels do not change its attention.
-    no_labels = t5_reader(batch.input_ids, batch.attention_mask, context_present=batch.context_present, teacher="fid")
+    no_labels, no_label_scores = scored(t5_reader, batch, "fid", with_labels=False)
     assert no_labels.loss is None
-    assert torch.allclose(no_labels.teacher_scores, recorded.teacher_scores, atol=1e-5)
+    assert torch.allclose(no_label_scores, recorded_scores, atol=1e-5)
     with pytest.raises(ConfigError, match="needs labels"):
-        t5_reader(batch.input_ids, batch.attention_mask, teacher="all_tokens")
+        scored(t5_reader, batch, "all_tokens", with_labels=False)
 
 
 def test_eager_capture_matches_exact_logits_up_to_a_per_question_shift(t5_reader):
@@ -191,17 +200,17 @@ def test_eager_capture_matches_exact_logits_up_to_a_per_question_shift(t5_reader
     eager = FiDReader(model, t5_reader.tokenizer, capture="eager", n_passages=3)
     batch = t5_reader.collator()(EXAMPLES)
     present = batch.context_present
-    post_exact = t5_reader(**batch.model_inputs(), teacher="post_softmax").teacher_scores
-    post_eager = eager(**batch.model_inputs(), teacher="post_softmax").teacher_scores
+    _, post_exact = scored(t5_reader, batch, "post_softmax")
+    _, post_eager = scored(eager, batch, "post_softmax")
     assert torch.allclose(post_exact[present], post_eager[present], atol=1e-6)
-    exact = t5_reader(**batch.model_inputs(), teacher="fid").teacher_scores
-    recovered = eager(**batch.model_inputs(), teacher="fid").teacher_scores
+    _, exact = scored(t5_reader, batch, "fid")
+    _, recovered = scored(eager, batch, "fid")
     shift = (exact - recovered).masked_fill(~present, 0.0)
     for row in range(2):
         values = shift[row, present[row]]
         assert torch.allclose(values, values[0].expand_as(values), atol=1e-4)
     with pytest.raises(AttentionUnavailableError, match="value vectors"):
-        eager(**batch.model_inputs(), teacher="adist")
+        scored(eager, batch, "adist")
 
 
 def test_sdpa_model_with_eager_capture_fails_loudly(t5_reader):
@@ -210,7 +219,7 @@ def test_sdpa_model_with_eager_capture_fails_loudly(t5_reader):
     reader = FiDReader(model, t5_reader.tokenizer, capture="eager", n_passages=3)
     batch = reader.collator()(EXAMPLES)
     with pytest.raises(AttentionUnavailableError, match='attn_implementation="eager"'):
-        reader(**batch.model_inputs(), teacher="fid")
+        scored(reader, batch, "fid")
     # Without teacher scores the reader works as usual.
     assert torch.isfinite(reader(**batch.model_inputs()).loss)
 
@@ -274,20 +283,20 @@ def test_save_and_load_round_trip(bert_reader, tmp_path):
     batch = bert_reader.collator()(EXAMPLES)
     bert_reader.eval()
     loaded.eval()
-    a = bert_reader(**batch.model_inputs(), teacher="fid")
-    b = loaded(**batch.model_inputs(), teacher="fid")
-    assert torch.allclose(a.loss, b.loss) and torch.equal(a.teacher_scores, b.teacher_scores)
+    a, a_scores = scored(bert_reader, batch, "fid")
+    b, b_scores = scored(loaded, batch, "fid")
+    assert torch.allclose(a.loss, b.loss) and torch.equal(a_scores, b_scores)
     bert_reader.save_pretrained(target)  # overwriting an existing directory is fine
     assert FiDReader.from_pretrained(target, n_passages=5).n_passages == 5
 
 
 def test_a_cross_attention_layer_that_records_nothing_fails_loudly(t5_reader):
-    from distillir.teachers.attention import find_cross_attention_modules, install_recorder
+    from distillir.readers.attention import find_cross_attention_modules, install_recorder
 
     model = copy.deepcopy(t5_reader.model)
     reader = FiDReader(model, t5_reader.tokenizer, n_passages=3)
     del find_cross_attention_modules(model)[1][1]._distillir_recorder  # as if layer 1 bypassed the interface
     with pytest.raises(AttentionUnavailableError, match=r"decoder layers \[1\]"):
-        reader(**reader.collator()(EXAMPLES).model_inputs(), teacher="fid")
+        scored(reader, reader.collator()(EXAMPLES), "fid")
     with pytest.raises(AttentionUnavailableError, match="no decoder cross-attention"):
         install_recorder(model.get_encoder())

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus
 from distillir.errors import ConfigError, IndexMismatchError
-from distillir.evaluation.run import Run
 from distillir.retrievers import base
 from distillir.retrievers.base import Retriever, load_index, query_lists
 from distillir.retrievers.bm25 import BM25Retriever

@@ -14,9 +14,9 @@ from distillir.data.negatives import (
     read_training_lists,
     write_training_lists,
 )
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Dataset, Queries
 from distillir.errors import ConfigError, InputError
-from distillir.evaluation.run import Run
 
 
 @pytest.fixture()

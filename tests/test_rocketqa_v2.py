@@ -101,7 +101,7 @@ def read_lists(path: Path) -> list[dict]:
 def test_rocketqa_v2_recipe_end_to_end_and_resume(tiny_bert_dir, tiny_dataset, tmp_path):
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.retrievers.dense.encoder import BiEncoder
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from distillir.data.run import Run
 from distillir.errors import InputError
-from distillir.evaluation.run import Run
 
 
 def _sample() -> Run:

@@ -12,6 +12,7 @@ import torch
 from distillir.errors import ConfigError, InputError
 from distillir.readers import FiDReader
 from distillir.teachers import TeacherScores, read_teacher_scores, score_with_reader, write_teacher_scores
+from distillir.teachers.attention import output_scores, resolve_aggregation
 from distillir.teachers.likelihood import answer_log_likelihood, leave_one_out_scores
 
 EXAMPLES = [
@@ -179,7 +180,8 @@ def test_training_forward_scores_equal_score_with_reader(reader, tmp_path):
     # The training pass (train mode, loss and scores from one forward, batch of 2)...
     reader.train()
     batch = reader.collator()(EXAMPLES[:2])
-    out = reader(**batch.model_inputs(), teacher="fid")
+    out = reader(**batch.model_inputs(), attention=resolve_aggregation("fid").capture)
+    training_scores = output_scores(out, batch.labels, "fid")
     out.loss.backward()
     reader.zero_grad()
     # ...gives the scores that scoring (eval mode, no gradient, other batching) writes to file.
@@ -189,7 +191,7 @@ def test_training_forward_scores_equal_score_with_reader(reader, tmp_path):
     for i, qid in enumerate(["q1", "q2"]):
         pids, values = scored[qid]
         assert pids == batch.pids[i]
-        assert torch.allclose(torch.tensor(values), out.teacher_scores[i, : len(pids)], atol=1e-5)
+        assert torch.allclose(torch.tensor(values), training_scores[i, : len(pids)], atol=1e-5)
     assert scored["q3"][0] == ["p4"] and scored.queries["q3"] == "What do plants use light for?"
     path = tmp_path / "scores.jsonl"
     scored.write(path)

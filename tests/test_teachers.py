@@ -9,15 +9,13 @@ import pytest
 import torch
 
 from distillir.errors import ConfigError
-from distillir.teachers.attention import (
-    Aggregation,
+from distillir.readers.attention import (
     AttentionUnavailableError,
-    aggregate_cross_attention,
     cross_attentions_from_outputs,
     find_cross_attention_modules,
     logits_from_probabilities,
-    resolve_aggregation,
 )
+from distillir.teachers.attention import Aggregation, aggregate_cross_attention, resolve_aggregation
 
 
 @pytest.fixture()

@@ -151,8 +151,8 @@ def evaluate(
 ) -> None:
     """Evaluate a run against qrels and/or answers."""
     from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
+    from distillir.data.run import Run
     from distillir.evaluation import evaluate_run
-    from distillir.evaluation.run import Run
 
     if not qrels and not answers:
         raise typer.BadParameter("give --qrels and/or --answers")
@@ -187,7 +187,7 @@ def rerank(
 ) -> None:
     """Re-rank a run's top-k with a cross-encoder."""
     from distillir.cli.inputs import resolve_corpus, resolve_queries
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
     from distillir.rankers.cross_encoder import CrossEncoder
 
     the_run = Run.read(run)
@@ -240,8 +240,8 @@ def mine(
     passages and (with --ranker) passages the re-ranker scores as relevant never become negatives."""
     from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
     from distillir.data.negatives import build_examples, mine_negatives, write_training_lists
+    from distillir.data.run import Run
     from distillir.errors import InputError
-    from distillir.evaluation.run import Run
 
     start, end = _rank_range(ranks)
     if not 0 <= start < end:
@@ -269,8 +269,8 @@ def mine(
         report["without_negatives"] = sum(not ex.negatives for ex in examples)
         examples = [ex for ex in examples if ex.negatives]  # nothing to contrast the positive with
     else:
-        from distillir.data.denoise import denoise_lists
         from distillir.rankers.cross_encoder import CrossEncoder
+        from distillir.rankers.denoise import denoise_lists
 
         window = Run({qid: hits[start:end] for qid, hits in the_run.items()}, name=the_run.name)
         denoised = denoise_lists(CrossEncoder.from_pretrained(ranker), window, qs, passages, positives,

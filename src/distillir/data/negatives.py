@@ -91,7 +91,7 @@ def mine_negatives(
         raise ConfigError("max_score filters on re-ranker scores: pass rerank_scores too")
     matcher = None
     if exclude_answers and queries.has_answers:
-        from distillir.evaluation.answers import AnswerMatcher
+        from distillir.data.answers import AnswerMatcher
 
         matcher = AnswerMatcher(corpus)
 

@@ -1,7 +1,7 @@
 """Evaluation the way the papers report it: qrels metrics (nDCG@10, MRR@10, R@k, MAP), DPR's answer-string
 recall ("Top-k"), gold-passage MRR for QA data, and SQuAD EM/F1 for generated answers.
 
-Kept light to import: `distillir.evaluation.run` is imported by every retriever, so pytrec_eval and
+Kept light to import: `distillir.data.run` is imported by every retriever, so pytrec_eval and
 the tokenisers load only when a metric is computed.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Qrels, Queries
 from distillir.errors import DistillirError
 from distillir.evaluation.report import format_table
-from distillir.evaluation.run import Run
 
 DEFAULT_KS = (1, 5, 20, 100)
 
@@ -91,7 +91,7 @@ def evaluate_run(
 
     "queries" and "missing" count the evaluated queries and those absent from the run (scored 0).
     """
-    from distillir.evaluation import answers
+    from distillir.data import answers
     from distillir.evaluation import metrics as qrels_metrics
 
     result: dict = {}

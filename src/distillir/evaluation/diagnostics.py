@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from distillir.evaluation.run import Run
+from distillir.data.run import Run
 
 # A run is called collapsed when one passage is the first hit of more than this share of its queries
 # (and it has enough queries for a share to mean something).

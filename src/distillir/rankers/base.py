@@ -5,9 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import InputError
-from distillir.evaluation.run import Run
 
 # A passage as the ranker sees it: (title, text); the title may be "".
 Passage = tuple[str, str]

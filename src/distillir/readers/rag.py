@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 
 from distillir.errors import ConfigError
-from distillir.readers.fid import IGNORE_INDEX, FiDBatch, FiDReader
+from distillir.models.seq2seq import IGNORE_INDEX
+from distillir.readers.fid import FiDReader
+from distillir.readers.fid_data import FiDBatch
 
 STYLES = ("token", "sequence")
 

@@ -170,7 +170,7 @@ def first_stage_run(source: str, corpus, queries, depth: int):
         from distillir.retrievers.bm25 import bm25_cached
 
         return bm25_cached(corpus).search(queries, top_k=depth)
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
 
     path = Path(source)
     if not path.is_file():
@@ -361,7 +361,7 @@ def rerank_run(ranker, run, dataset, top_k: int, batch_size: int = 64):
     The tail gets scores below every re-ranked score, so metrics deeper than k (R@100 after re-ranking the
     top 20) still count the first stage's tail instead of treating it as missing.
     """
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
 
     head = ranker.rerank(run, dataset.queries, dataset.corpus, top_k=top_k, batch_size=batch_size)
     merged = Run(name=f"{run.name}.reranked")

@@ -275,9 +275,9 @@ class DGRRecipe(Recipe):
 
     def _teacher(self, config: DGRConfig, out: Path) -> dict[str, Any]:
         """Train the cross-encoder (optional), score every candidate list, write the ranked lists."""
+        from distillir.data.answers import has_answer
         from distillir.data.negatives import TrainingExample
-        from distillir.evaluation.answers import has_answer
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
         from distillir.rankers.cross_encoder import CrossEncoder
         from distillir.recipes.cross_encoder import train_ranker
         from distillir.teachers.scores import TeacherScores
@@ -358,7 +358,7 @@ class DGRRecipe(Recipe):
             raise ConfigError("no training example: no list with a positive and indexing is off")
         args = TrainingArguments.from_config(s.trainer, output_dir=out / "student", seed=config.seed,
                                              resume=config.resume)
-        trainer = Trainer(student.reader, args, examples, DGRCollator(student, s.list_size),
+        trainer = Trainer(student.seq2seq, args, examples, DGRCollator(student, s.list_size),
                           loss_fn=DGRLoss(student, s), callbacks=self.callbacks)
         summary = trainer.train()
         student.save_pretrained(out / FINAL_DIR)
@@ -369,7 +369,7 @@ class DGRRecipe(Recipe):
 
         ev = config.eval
         student = self._build_student(config, out / FINAL_DIR)
-        student.reader.to(_device(config.student.trainer.cpu))
+        student.seq2seq.to(_device(config.student.trainer.cpu))
         run = student.search(self.eval_ds.queries, top_k=ev.top_k, batch_size=ev.batch_size)
         run.write_trec(out / "eval" / "dgr.trec", tag="dgr")
         bm25 = bm25_cached(self.eval_ds.corpus).search(self.eval_ds.queries, top_k=ev.top_k)

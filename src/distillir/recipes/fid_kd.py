@@ -62,7 +62,6 @@ SCORES_FILE = "scores.jsonl"
 PREDICTIONS_FILE = "predictions.json"
 AGREEMENT_BEFORE_FILE = "agreement_before.json"
 RNG_STATE_FILE = "collator_rng.json"
-AGGREGATION_NAMES = ("fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop")
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -688,7 +687,7 @@ class FiDKDRecipe(Recipe):
 
     def _retrieve(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         """The current retriever's top-n for the training questions and top-k for the eval questions."""
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
         from distillir.retrievers.bm25 import bm25_cached
         from distillir.retrievers.dense.retriever import DenseRetriever
 

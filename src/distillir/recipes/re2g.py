@@ -369,8 +369,8 @@ class Re2GRecipe(Recipe):
         return lists
 
     def _train_ranker(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
+        from distillir.data.answers import has_answer
         from distillir.data.negatives import TrainingExample
-        from distillir.evaluation.answers import has_answer
         from distillir.rankers.cross_encoder import CrossEncoder
         from distillir.recipes.cross_encoder import train_ranker
 

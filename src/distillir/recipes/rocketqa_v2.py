@@ -12,7 +12,7 @@ re-ranker (no gradient, eval mode) and trains only the retriever on L_KL: the pa
 
 Hybrid data augmentation (`lists.augmentation: hybrid`): every query gets an undenoised list (negatives
 sampled from the retriever's top-N) and a denoised list (the top-N relabelled by the re-ranker's scores;
-see `distillir.data.denoise`). The denoising re-ranker should be trained: give one from
+see `distillir.rankers.denoise`). The denoising re-ranker should be trained: give one from
 `distillir train cross-encoder` as `ranker`, or let `ranker_warmup.steps` train it first on the undenoised
 lists (its own resumable phase in `ranker-warmup/`).
 
@@ -85,7 +85,7 @@ class CandidateLists:
 
 @dataclass
 class DenoiseConfig:
-    """Relabel the retriever's top-`depth` with the re-ranker (see `distillir.data.denoise`)."""
+    """Relabel the retriever's top-`depth` with the re-ranker (see `distillir.rankers.denoise`)."""
 
     depth: int = 30  # ranks re-scored (each costs one cross-encoder pass per query)
     pos_threshold: float = 0.9  # scaled score >= this: an extra positive
@@ -98,7 +98,7 @@ class DenoiseConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        from distillir.data.denoise import check_thresholds
+        from distillir.rankers.denoise import check_thresholds
 
         check_thresholds(self.pos_threshold, self.neg_threshold, self.scale)
         if self.depth < 1:
@@ -408,8 +408,8 @@ class RocketQAv2Recipe(Recipe):
         return baseline
 
     def _undenoised(self, config, dataset, queries, positives, retriever, out: Path):
-        from distillir.data.denoise import undenoised_lists
         from distillir.data.negatives import read_training_lists, write_training_lists
+        from distillir.rankers.denoise import undenoised_lists
 
         path = out / LISTS_DIR / UNDENOISED_FILE
         state = process_state()
@@ -426,7 +426,7 @@ class RocketQAv2Recipe(Recipe):
             return examples
 
     def _candidates(self, config, dataset, queries, retriever, out: Path):
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
 
         path = out / CANDIDATES_FILE
         if path.is_file():  # written by this run: a fresh run refuses a directory that holds one
@@ -454,8 +454,8 @@ class RocketQAv2Recipe(Recipe):
     def _denoised(self, config, dataset, queries, positives, retriever, ranker, out: Path):
         import json
 
-        from distillir.data.denoise import denoise_lists
         from distillir.data.negatives import read_training_lists, write_training_lists
+        from distillir.rankers.denoise import denoise_lists
 
         path = out / LISTS_DIR / DENOISED_FILE
         report = out / LISTS_DIR / DENOISE_REPORT

@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import IndexMismatchError, InputError
-from distillir.evaluation.run import Run
 from distillir.utils.io import atomic_dir, write_json
 
 MANIFEST = "manifest.json"

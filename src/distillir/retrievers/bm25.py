@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import ConfigError, DistillirError, InputError
-from distillir.evaluation.run import Run
 from distillir.retrievers.base import MANIFEST, Retriever, load_index, query_lists
 from distillir.utils.io import cache_dir, fingerprint_strings
 

@@ -7,8 +7,8 @@ Identifiers (`docid_scheme`):
   the question, as SEAL/MINDER use titles);
 - "id": the corpus id itself (atomic; the model must memorise it).
 
-The seq2seq model is a `FiDReader`'s (any HF encoder-decoder: a hub T5/BART, an encoder-decoder warm-started
-from a BERT-like encoder, a T5 from config); the query is its only input.
+The seq2seq model is a `Seq2SeqLM` (any HF encoder-decoder: a hub T5/BART, an encoder-decoder warm-started
+from a BERT-like encoder, a T5 from config; a FiD reader is one too); the query is its only input.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from distillir.errors import ConfigError, InputError
-from distillir.readers.fid import IGNORE_INDEX, FiDReader, token_log_likelihood
+from distillir.models.seq2seq import IGNORE_INDEX, Seq2SeqLM, token_log_likelihood
 from distillir.utils.io import atomic_dir, write_json
 
 SCHEMES = ("title", "id")
@@ -74,11 +74,11 @@ class GenerativeRetriever:
     """A seq2seq identifier generator over one corpus: `score` (teacher-forced, differentiable) and `search`
     (constrained beam search)."""
 
-    def __init__(self, reader: FiDReader, passage_ids: Sequence[str], docids: Sequence[str],
+    def __init__(self, seq2seq: Seq2SeqLM, passage_ids: Sequence[str], docids: Sequence[str],
                  query_max_length: int = 64, docid_max_length: int = 32):
         if len(passage_ids) != len(docids):
             raise ValueError("one docid per passage id")
-        self.reader = reader
+        self.seq2seq = seq2seq
         self.passage_ids = list(passage_ids)
         self.docids = list(docids)
         self.query_max_length = query_max_length
@@ -89,11 +89,11 @@ class GenerativeRetriever:
 
     @property
     def tokenizer(self):
-        return self.reader.tokenizer
+        return self.seq2seq.tokenizer
 
     @property
     def model(self):
-        return self.reader.model
+        return self.seq2seq.model
 
     def _docid_ids(self, docid: str, suffix: str = "") -> list[int]:
         """Identifier tokens + EOS within docid_max_length; a suffix survives truncation of the docid."""
@@ -102,7 +102,7 @@ class GenerativeRetriever:
         if room < 1:
             raise ConfigError(f"docid_max_length {self.docid_max_length} leaves no room for an identifier")
         ids = self.tokenizer(docid, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
-        return [*ids, *tail, self.reader.eos_token_id]
+        return [*ids, *tail, self.seq2seq.eos_token_id]
 
     def _unique_tokens(self) -> list[list[int]]:
         """Token sequences of the identifiers; two that tokenize alike (case, accents, truncation) get
@@ -134,48 +134,48 @@ class GenerativeRetriever:
         """(B, per_query) sum of token log-probs of each query's `per_query` identifiers (labels: B*per_query
         rows, query-major); keeps gradients."""
         ids, mask = queries["input_ids"], queries["attention_mask"]
-        hidden = self.reader.encode(ids[:, None, :], mask[:, None, :])
+        hidden = self.seq2seq.encode_sequences(ids, mask)
         hidden = hidden.repeat_interleave(per_query, dim=0)
         mask = mask.repeat_interleave(per_query, dim=0).bool()
-        logits = self.reader.decode(hidden, mask, self.reader.decoder_inputs(labels, labels.shape[0],
+        logits = self.seq2seq.decode(hidden, mask, self.seq2seq.decoder_inputs(labels, labels.shape[0],
                                                                               labels.device)).logits
         return token_log_likelihood(logits, labels).sum(dim=-1).view(-1, per_query)
 
     @torch.no_grad()
     def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None):
         """Constrained beam search: each query's best `top_k` passages (a `Run`), scored by identifier log-prob."""
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
 
         ids_texts = list(queries.items()) if isinstance(queries, dict) else list(zip(queries.ids, queries.texts))
         beams = max(top_k, num_beams or top_k)
         was_training = self.model.training
         self.model.eval()
         run = Run(name="generative")
-        start = self.reader.decoder_start_token_id
+        start = self.seq2seq.decoder_start_token_id
 
         def allowed(_batch_id, sent):
             tokens = sent.tolist()
             return self.trie.next_tokens(tokens[1:] if tokens and tokens[0] == start else tokens) or \
-                [self.reader.pad_token_id]
+                [self.seq2seq.pad_token_id]
 
         try:
             for i in range(0, len(ids_texts), batch_size):
                 chunk = ids_texts[i:i + batch_size]
-                enc = self.tokenize_queries([t for _, t in chunk]).to(self.reader.device)
+                enc = self.tokenize_queries([t for _, t in chunk]).to(self.seq2seq.device)
                 out = self.model.generate(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], num_beams=beams,
                     num_return_sequences=beams, max_new_tokens=self.docid_max_length, length_penalty=0.0,
                     prefix_allowed_tokens_fn=allowed, output_scores=True, return_dict_in_generate=True,
-                    decoder_start_token_id=start, eos_token_id=self.reader.eos_token_id,
-                    pad_token_id=self.reader.pad_token_id, do_sample=False, early_stopping=True)
+                    decoder_start_token_id=start, eos_token_id=self.seq2seq.eos_token_id,
+                    pad_token_id=self.seq2seq.pad_token_id, do_sample=False, early_stopping=True)
                 sequences = out.sequences.view(len(chunk), beams, -1)
                 scores = out.sequences_scores.view(len(chunk), beams)
                 for (qid, _), seqs, vals in zip(chunk, sequences.tolist(), scores.tolist()):
                     hits: dict[str, float] = {}
                     for seq, value in zip(seqs, vals):
                         body = seq[1:] if seq and seq[0] == start else seq
-                        if self.reader.eos_token_id in body:
-                            body = body[: body.index(self.reader.eos_token_id) + 1]
+                        if self.seq2seq.eos_token_id in body:
+                            body = body[: body.index(self.seq2seq.eos_token_id) + 1]
                         row = self.trie.row_of(body)
                         if row is not None and self.passage_ids[row] not in hits:
                             hits[self.passage_ids[row]] = float(value)
@@ -187,7 +187,7 @@ class GenerativeRetriever:
     # ---- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
-        self.reader.save_pretrained(directory / "model")
+        self.seq2seq.save_pretrained(directory / "model")
         with atomic_dir(directory / "index") as tmp:
             write_json(tmp / DOCIDS_FILE, {"passage_ids": self.passage_ids, "docids": self.docids,
                                           "query_max_length": self.query_max_length,
@@ -201,8 +201,7 @@ class GenerativeRetriever:
         if not path.is_file():
             raise InputError(path, "not a saved generative retriever (no index/docids.json)")
         saved = json.loads(path.read_text(encoding="utf-8"))
-        reader = FiDReader.from_pretrained(directory / "model", n_passages=1)
-        return cls(reader, saved["passage_ids"], saved["docids"], saved["query_max_length"],
+        return cls(Seq2SeqLM.from_pretrained(directory / "model"), saved["passage_ids"], saved["docids"], saved["query_max_length"],
                    saved["docid_max_length"])
 
 

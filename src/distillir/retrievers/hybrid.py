@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distillir.data.run import Run
 from distillir.data.types import Queries
 from distillir.errors import ConfigError, IndexMismatchError
-from distillir.evaluation.run import Run
 from distillir.retrievers.base import Retriever, load_index, read_manifest, retriever_class
 
 NORMALIZATIONS = ("minmax", "zscore", "none")

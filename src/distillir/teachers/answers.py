@@ -17,7 +17,7 @@ ANSWER_MATCH_TEACHER = "answer-match"
 def answer_match_scores(examples: Iterable[dict], *, include_title: bool = False) -> TeacherScores:
     """Teacher scores for reader examples (the ctxs layout: id, question, answers, ctxs); examples without
     answers are skipped."""
-    from distillir.evaluation.answers import has_answer
+    from distillir.data.answers import has_answer
 
     scores = TeacherScores(ANSWER_MATCH_TEACHER)
     for ex in examples:

@@ -18,7 +18,9 @@ import math
 import torch
 
 from distillir.errors import ConfigError
-from distillir.readers.fid import IGNORE_INDEX, FiDBatch, FiDReader, token_log_likelihood
+from distillir.models.seq2seq import IGNORE_INDEX, token_log_likelihood
+from distillir.readers.fid import FiDReader
+from distillir.readers.fid_data import FiDBatch
 
 
 def _require_labels(batch: FiDBatch, teacher: str) -> torch.Tensor:

@@ -87,7 +87,7 @@ class TeacherScores(Mapping[str, tuple[list[str], list[float]]]):
 
     def to_run(self, name: str | None = None):
         """The scores as a `Run` (ranking each question's candidates by the teacher), e.g. to evaluate them."""
-        from distillir.evaluation.run import Run
+        from distillir.data.run import Run
 
         return Run({qid: zip(pids, scores) for qid, (pids, scores) in self._rows.items()}, name=name or self.teacher)
 
@@ -222,8 +222,8 @@ def score_with_reader(
     """
     import torch
 
-    from distillir.readers.fid import batched, load_fid_examples
-    from distillir.teachers.attention import resolve_aggregation
+    from distillir.readers.fid_data import batched, load_fid_examples
+    from distillir.teachers.attention import attention_scores, resolve_aggregation
     from distillir.teachers.likelihood import answer_log_likelihood, leave_one_out_scores
 
     if isinstance(examples, (str, Path)):
@@ -255,7 +255,7 @@ def score_with_reader(
                 elif aggregation == "loop":
                     scores = leave_one_out_scores(reader, batch)
                 else:
-                    scores = reader(**batch.model_inputs(), teacher=agg).teacher_scores
+                    scores = attention_scores(reader, batch, agg)
                 scores = scores.float().cpu()
                 for i, example in enumerate(chunk):
                     pids = batch.pids[i]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import local_model_dir, model_fingerprint, read_pooling_config
+from distillir.models import local_model_dir, read_pooling_config
 from distillir.utils.io import atomic_dir, atomic_write, cache_dir, fingerprint_strings, write_json
 
 SETTINGS_FILE = "distillir_encoder.json"
@@ -275,11 +275,6 @@ class BiEncoder(nn.Module):
         if self._disk_path is None or not self._disk_path.is_dir():
             return None
         return self._disk_path if self.weights_fingerprint() == self._disk_weights else None
-
-    def file_fingerprint(self) -> str | None:
-        """`model_fingerprint` of `pretrained_path()`, or None when the weights are not on disk as they are."""
-        path = self.pretrained_path()
-        return None if path is None else model_fingerprint(path)
 
     def weights_fingerprint(self, towers: Sequence[str] | None = None) -> str:
         """Hash of the weights in memory (all towers, or those named: "query", "passage")."""

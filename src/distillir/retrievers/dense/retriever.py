@@ -16,9 +16,9 @@ from typing import Any
 
 from torch import Tensor
 
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import IndexMismatchError, InputError
-from distillir.evaluation.run import Run
 from distillir.models import DEFAULT_ENCODER, local_model_dir, model_fingerprint
 from distillir.retrievers.base import Retriever, query_lists
 from distillir.retrievers.dense.encoder import PASSAGE_INPUT, BiEncoder, encode_corpus_cached

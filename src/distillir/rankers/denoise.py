@@ -32,16 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from distillir.data.negatives import TrainingExample, build_examples, mine_negatives
+from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import ConfigError
+from distillir.rankers.base import Ranker
 from distillir.utils.log import get_logger
-
-if TYPE_CHECKING:
-    from distillir.evaluation.run import Run
-    from distillir.rankers.base import Ranker
 
 logger = get_logger(__name__)
 
@@ -189,7 +187,7 @@ def denoise_lists(
     rule `mine_negatives` applies. Queries left with no negative are left out of the examples (counted in
     `stats.lists_without_negatives`). Only queries of `queries` that have a known positive are used.
     """
-    from distillir.evaluation.run import Run
+    from distillir.data.run import Run
 
     check_thresholds(pos_threshold, neg_threshold, scale)
     if depth < 1:
@@ -214,7 +212,7 @@ def denoise_lists(
     answers_of = dict(zip(queries.ids, queries.answers))
     matcher = None
     if exclude_answers and queries.has_answers:
-        from distillir.evaluation.answers import AnswerMatcher
+        from distillir.data.answers import AnswerMatcher
 
         matcher = AnswerMatcher(corpus)
     values = []
@@ -285,15 +283,6 @@ def undenoised_lists(
     return [ex for ex in build_examples(queries, positives, negatives) if ex.negatives]
 
 
-def hybrid_lists(undenoised: list[TrainingExample], denoised: list[TrainingExample]) -> list[TrainingExample]:
-    """Hybrid data augmentation (RocketQAv2, Sec. 4.3): both lists of every query, trained on together.
-
-    A query appears up to twice, once per kind of list, so the result cannot be written to one
-    `write_training_lists` file (query ids must be unique there): write the two parts separately.
-    """
-    return [*undenoised, *denoised]
-
-
 __all__ = [
     "DenoiseStats",
     "DenoisedLists",
@@ -301,7 +290,6 @@ __all__ = [
     "ScoreScale",
     "check_thresholds",
     "denoise_lists",
-    "hybrid_lists",
     "positive_scores",
     "relabel",
     "scaled",

