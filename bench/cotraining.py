@@ -218,7 +218,7 @@ class Bench:
 
         from distillir.data.run import Run
         from distillir.rankers.cross_encoder import CrossEncoder
-        from distillir.recipes.cross_encoder import rerank_run
+        from distillir.recipes.common.ranking import rerank_run
 
         start = time.perf_counter()
         ranker = CrossEncoder.from_pretrained(self.work / "cross-encoder" / "final")

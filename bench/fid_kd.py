@@ -446,7 +446,7 @@ def agreement_lists(rounds: dict) -> str:
 
 def teacher_quality(scores_file: Path, lists_file: Path) -> dict:
     """`distillir.teachers.quality.answer_hits` of a score file over the retriever's lists it scored."""
-    from distillir.readers.fid import load_fid_examples
+    from distillir.readers.fid_data import load_fid_examples
     from distillir.teachers.quality import answer_hits
     from distillir.teachers.scores import read_teacher_scores
 
@@ -572,8 +572,8 @@ class Bench:
 
     def collapse_report(self) -> None:
         """top1_concentration of every dev run on disk: does each retriever still depend on the query?"""
-        from distillir.evaluation.diagnostics import top1_concentration
         from distillir.data.run import Run
+        from distillir.evaluation.diagnostics import top1_concentration
 
         main = self.work / "main"
         found = {"BM25": main / "round-1" / "retrieve" / "eval.trec",
@@ -593,7 +593,7 @@ class Bench:
     # ---- baselines ---------------------------------------------------------------------------
 
     def _dense_eval(self, encoder, label: str) -> dict:
-        from distillir.recipes.fid_kd import evaluate_retrieval
+        from distillir.recipes.common.reading import evaluate_retrieval
         from distillir.retrievers.dense.retriever import DenseRetriever
 
         start = time.perf_counter()
@@ -618,7 +618,7 @@ class Bench:
 
     def hybrid(self) -> None:
         from distillir.data.run import Run
-        from distillir.recipes.fid_kd import evaluate_retrieval
+        from distillir.recipes.common.reading import evaluate_retrieval
         from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
         last = self.work / "main" / f"round-{self.s['rounds']}"
@@ -707,17 +707,17 @@ class Bench:
             self.save()
 
     def _round1_reader(self):
-        from distillir.recipes.fid_kd import _torch_device, build_reader
+        from distillir.recipes.common.reading import build_reader, torch_device
 
         config = recipe_config(self.args, self.work / "main", self.data_dir)
         reader = build_reader(config.reader, config.n_passages, SEED,
                               warm_start=self.work / "main" / "round-1" / "reader" / "final")
-        reader.to(_torch_device(self.args.device == "cpu"))
+        reader.to(torch_device(self.args.device == "cpu"))
         return config, reader
 
     def aggregation_ablation(self) -> None:
-        from distillir.readers.fid import load_fid_examples
-        from distillir.recipes.fid_kd import score_teacher
+        from distillir.readers.fid_data import load_fid_examples
+        from distillir.recipes.common.reading import score_teacher
 
         section = self.res["ablations"].setdefault("aggregation", {})
         section["fid"] = self._main_round1()
@@ -746,7 +746,7 @@ class Bench:
     def answer_control(self) -> None:
         """The same round-1 distillation from the answer-string teacher (no model): what a teacher that
         knows where the answers are does to this student, at the same steps."""
-        from distillir.readers.fid import load_fid_examples
+        from distillir.readers.fid_data import load_fid_examples
         from distillir.teachers.answers import answer_match_scores
 
         section = self.res["ablations"].setdefault("aggregation", {})
@@ -774,8 +774,8 @@ class Bench:
             return
         import torch
 
-        from distillir.readers.fid import load_fid_examples
-        from distillir.recipes.fid_kd import inference_autocast
+        from distillir.readers.fid_data import load_fid_examples
+        from distillir.recipes.common.reading import inference_autocast
         from distillir.teachers.likelihood import answer_log_likelihood
 
         config, reader = self._round1_reader()

@@ -10,7 +10,8 @@ from test_recipe_cross_encoder import KillAt, make_dataset, state_dicts_equal
 
 from distillir.errors import ConfigError
 from distillir.recipes import get_recipe
-from distillir.recipes.ar2 import AR2Config, AR2Recipe, RetrieverGroupLoss, frozen
+from distillir.recipes.ar2 import AR2Config, AR2Recipe, RetrieverGroupLoss
+from distillir.recipes.common.retrieval import frozen
 from distillir.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def tiny_config(bert_dir: str, data: Path, out: Path, *extra: str) -> AR2Config:
 def test_retriever_step_trains_the_retriever_only(tiny_bert_dir, tiny_corpus):
     from distillir.data.negatives import TrainingExample
     from distillir.rankers.cross_encoder import CrossEncoder
-    from distillir.recipes.cross_encoder import CandidateListCollator
+    from distillir.recipes.common.ranking import CandidateListCollator
     from distillir.retrievers.dense.encoder import BiEncoder
 
     retriever = BiEncoder.from_pretrained(tiny_bert_dir, query_max_length=16, passage_max_length=24)

@@ -14,7 +14,7 @@ from distillir.errors import ConfigError, InputError
 from distillir.losses import DistilledRankNetLoss
 from distillir.readers.fid import FiDReader
 from distillir.recipes import get_recipe
-from distillir.recipes.dgr import DGRCollator, DGRConfig, DGRLoss, DGRRecipe, DGRStudent, RankedList
+from distillir.recipes.dgr import DGRCollator, DGRConfig, DGRRecipe, DGRStep, DGRStudentConfig, RankedList
 from distillir.retrievers.generative import DocidTrie, GenerativeRetriever, make_docids
 from distillir.teachers.scores import read_teacher_scores
 from distillir.training.config import load_config
@@ -73,13 +73,13 @@ def test_search_returns_real_passages_scored_as_their_identifier_log_probability
 
 
 def test_loss_is_the_positive_nll_plus_weighted_ranknet(student):
-    config = DGRStudent(rank_weight=0.5, base_margin=1.0, margin_step=0.5, list_size=3)
+    config = DGRStudentConfig(rank_weight=0.5, base_margin=1.0, margin_step=0.5, list_size=3)
     lists = [RankedList("a", "volcano research", ["d0a", "d1a", "d2b"]), RankedList("b", "glacier", ["d1a", "d0b"])]
     batch = DGRCollator(student, 3)(lists)
     assert batch["index"] is None and batch["lists"]["mask"].tolist() == [[True] * 3, [True, True, False]]
     student.seq2seq.eval()
     with torch.no_grad():
-        loss = DGRLoss(student, config)(student.seq2seq, batch)
+        loss = DGRStep(student, config)(student.seq2seq, batch)
         s = student.score(batch["lists"]["query"], batch["lists"]["labels"], per_query=3)
         tokens = (batch["lists"]["labels"] != -100).sum(-1).view(2, 3)[:, 0]
         want = (-s[:, 0] / tokens).mean() + 0.5 * DistilledRankNetLoss(1.0, 0.5, 3.0)(s, mask=batch["lists"]["mask"])

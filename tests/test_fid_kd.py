@@ -12,16 +12,14 @@ import torch
 
 from distillir.errors import ConfigError
 from distillir.recipes import RECIPES, get_recipe
-from distillir.recipes.fid_kd import (
-    STAGES,
-    FiDKDConfig,
-    FiDKDRecipe,
+from distillir.recipes.common.distill import (
     ListCollator,
     build_student,
     list_examples,
     list_scores,
     teacher_agreement,
 )
+from distillir.recipes.fid_kd import STAGES, FiDKDConfig, FiDKDRecipe
 from distillir.training.checkpoint import list_checkpoints
 from distillir.training.config import load_config
 from distillir.training.trainer import TrainerCallback
@@ -118,7 +116,8 @@ def reference(env, tiny_bert_dir):
 
 
 def test_two_rounds_end_to_end(reference, env):
-    from distillir.readers.fid import FiDReader, load_fid_examples
+    from distillir.readers.fid import FiDReader
+    from distillir.readers.fid_data import load_fid_examples
     from distillir.retrievers.dense.encoder import BiEncoder
     from distillir.retrievers.dense.retriever import DenseRetriever
     from distillir.teachers import read_teacher_scores
@@ -271,7 +270,8 @@ def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_ba
 
 def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, tiny_bert_dir):
     from distillir.data.loaders import load_corpus
-    from distillir.recipes.fid_kd import FiDKDRetriever, ListExample
+    from distillir.recipes.common.distill import ListExample
+    from distillir.recipes.fid_kd import FiDKDRetriever
 
     _, data = env
     corpus = load_corpus(data)
@@ -298,7 +298,7 @@ def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, 
 
 
 def test_teacher_targets():
-    from distillir.recipes.fid_kd import teacher_targets
+    from distillir.recipes.common.distill import teacher_targets
 
     assert teacher_targets([0.01, 0.03]) == [0.01, 0.03]  # the paper: raw scores
     z = teacher_targets([0.01, 0.02, 0.03], "zscore", scale=2.0)
@@ -327,7 +327,8 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     weights, so the index of every round is the start model's cached corpus embeddings; precomputed passage
     embeddings in a batch give the same scores as encoding the passages."""
     from distillir.data.loaders import load_corpus
-    from distillir.recipes.fid_kd import FiDKDRetriever, ListExample
+    from distillir.recipes.common.distill import ListExample
+    from distillir.recipes.fid_kd import FiDKDRetriever
     from distillir.retrievers.dense.retriever import DenseRetriever
 
     _, data = env

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from distillir.recipes import RECIPES, get_recipe
-from distillir.recipes.cross_encoder import CandidateListCollator, CrossEncoderConfig, CrossEncoderRecipe
+from distillir.recipes.common.ranking import CandidateListCollator
+from distillir.recipes.cross_encoder import CrossEncoderConfig, CrossEncoderRecipe
 from distillir.training.config import load_config
 from distillir.training.trainer import TrainerCallback
 
@@ -76,7 +77,7 @@ def test_cross_encoder_recipe_trains_saves_and_reranks(tiny_bert_dir, tiny_datas
 
     from distillir.cli.main import app
     from distillir.rankers.cross_encoder import CrossEncoder
-    from distillir.recipes.base import seed_everything
+    from distillir.recipes.common.run import seed_everything
 
     out = tmp_path / "run"
     config = load_config(CrossEncoderConfig, None, [
@@ -170,7 +171,7 @@ def test_head_learning_rate_trains_the_head_at_its_own_rate(tiny_bert_dir, tiny_
     assert moved == set()
     assert not torch.allclose(start["bert.pooler.dense.weight"], trained["bert.pooler.dense.weight"], atol=1e-4)
     # The head started from its own random init (seeded by the recipe); it must have left it.
-    from distillir.recipes.base import seed_everything
+    from distillir.recipes.common.run import seed_everything
 
     seed_everything(1)
     fresh = CrossEncoder.from_pretrained(tiny_bert_dir).model.state_dict()
@@ -180,7 +181,7 @@ def test_head_learning_rate_trains_the_head_at_its_own_rate(tiny_bert_dir, tiny_
 def test_ranker_param_groups_split_head_from_encoder(tiny_bert_dir):
     from distillir.errors import ConfigError
     from distillir.rankers.cross_encoder import CrossEncoder
-    from distillir.recipes.cross_encoder import ranker_param_groups
+    from distillir.recipes.common.ranking import ranker_param_groups
 
     ranker = CrossEncoder.from_pretrained(tiny_bert_dir)
     head, body = ranker.head_and_body_parameters()
@@ -229,7 +230,7 @@ def test_training_lists_from_a_file_are_used_as_given(tiny_bert_dir, tiny_datase
 def test_on_plateau_flags_a_loss_near_uniform_scores():
     import math
 
-    from distillir.recipes.cross_encoder import on_plateau
+    from distillir.recipes.common.ranking import on_plateau
 
     assert on_plateau(2.0866, 8)  # ln 8 = 2.079: the shipped RocketQAv2 warm-up's end on SciFact
     assert on_plateau(0.96 * math.log(8), 8) and not on_plateau(0.94 * math.log(8), 8)

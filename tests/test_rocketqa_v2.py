@@ -11,12 +11,8 @@ from test_recipe_cross_encoder import KillAt, make_dataset, state_dicts_equal
 
 from distillir.errors import ConfigError
 from distillir.recipes import get_recipe
-from distillir.recipes.rocketqa_v2 import (
-    JointListwiseLoss,
-    RetrieverRanker,
-    RocketQAv2Config,
-    RocketQAv2Recipe,
-)
+from distillir.recipes.common.retrieval import RetrieverRanker
+from distillir.recipes.rocketqa_v2 import JointLoss, RocketQAv2Config, RocketQAv2Recipe
 from distillir.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +36,7 @@ def changed(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
 def test_gradients_reach_the_ranker_only_when_dynamic(mode, tiny_bert_dir, tiny_corpus, tmp_path):
     from distillir.data.negatives import TrainingExample
     from distillir.rankers.cross_encoder import CrossEncoder
-    from distillir.recipes.cross_encoder import CandidateListCollator
+    from distillir.recipes.common.ranking import CandidateListCollator
     from distillir.retrievers.dense.encoder import BiEncoder
     from distillir.training.trainer import Trainer, TrainingArguments
 
@@ -51,7 +47,7 @@ def test_gradients_reach_the_ranker_only_when_dynamic(mode, tiny_bert_dir, tiny_
     examples = [TrainingExample("q1", "capital of France", ["p1"], ["p2", "p3"]),
                 TrainingExample("q2", "light energy in plants", ["p4"], ["p5", "p1"])]
     collate = CandidateListCollator(tiny_corpus, 3, retriever=retriever, ranker=ranker)
-    loss_fn = JointListwiseLoss(temperature=1.0)
+    loss_fn = JointLoss(temperature=1.0)
 
     # One backward: the KL reaches both towers of the retriever, and the ranker only when dynamic.
     model.train()

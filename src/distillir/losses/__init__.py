@@ -12,6 +12,8 @@ queries:
 - `DistilledRankNetLoss`    DGR, with `order_by_teacher` to put the student's scores in the teacher's order
 - `InBatchListLoss`         other questions' lists as in-batch negatives for any list loss (B, B, n scores)
 
+Paper objectives that combine them: `JointListwiseLoss` (RocketQAv2), `Re2GLoss` (Re2G), `DGRLoss` (DGR).
+
 Names from `distillir.losses.contrastive` (e.g. `ContrastiveLoss`) are re-exported lazily.
 """
 
@@ -20,21 +22,27 @@ from __future__ import annotations
 import importlib
 
 from distillir.losses.adversarial import AdversarialRetrieverLoss
+from distillir.losses.generative_retrieval import DGRLoss
 from distillir.losses.in_batch_list import InBatchListLoss
+from distillir.losses.joint_listwise import JointListwiseLoss
 from distillir.losses.kl_divergence import KLDivergenceLoss
 from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
 from distillir.losses.max_margin import MaxMarginDistillLoss
 from distillir.losses.mse import MSEDistillLoss
+from distillir.losses.rag_distill import Re2GLoss
 from distillir.losses.ranknet import DistilledRankNetLoss, order_by_teacher
 
 __all__ = [
     "AdversarialRetrieverLoss",
+    "DGRLoss",
     "DistilledRankNetLoss",
     "InBatchListLoss",
+    "JointListwiseLoss",
     "KLDivergenceLoss",
     "ListwiseCrossEntropyLoss",
     "MSEDistillLoss",
     "MaxMarginDistillLoss",
+    "Re2GLoss",
     "order_by_teacher",
 ]
 

@@ -14,12 +14,14 @@ encodes passages separately; here each passage's states are decoded on their own
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from distillir.errors import ConfigError
 from distillir.models.seq2seq import IGNORE_INDEX
 from distillir.readers.fid import FiDReader
-from distillir.readers.fid_data import FiDBatch
+from distillir.readers.fid_data import FiDBatch, batched
 
 STYLES = ("token", "sequence")
 
@@ -88,4 +90,28 @@ def marginal_generate(reader: FiDReader, batch: FiDBatch, log_weights: torch.Ten
     return [text.strip() for text in texts]
 
 
-__all__ = ["STYLES", "marginal_generate", "marginal_log_likelihood"]
+def predict_marginal(reader: FiDReader, examples: Sequence[dict], *, batch_size: int = 8, n_passages: int | None = None,
+                     max_new_tokens: int = 32) -> dict[str, str]:
+    """{qid: answer} for reader examples (the ctxs layout) by RAG-token greedy decoding (`marginal_generate`),
+    each passage weighted by the softmax of its ctx's "score" (a re-ranker's, say) over the question's passages."""
+    n = n_passages or reader.n_passages
+    collate = reader.collator(n, labels=False)
+    predictions: dict[str, str] = {}
+    was_training = reader.training
+    reader.eval()
+    try:
+        for chunk in batched(list(examples), batch_size):
+            weights = []
+            for ex in chunk:
+                scores = [float(c["score"]) for c in ex["ctxs"][:n]]
+                weights.append(torch.log_softmax(torch.tensor(scores + [float("-inf")] * (n - len(scores))), dim=0))
+            batch = collate(chunk).to(reader.device)
+            answers = marginal_generate(reader, batch, torch.stack(weights).to(reader.device),
+                                        max_new_tokens=max_new_tokens)
+            predictions.update(zip(batch.qids, answers))
+    finally:
+        reader.train(was_training)
+    return predictions
+
+
+__all__ = ["STYLES", "check_log_weights", "marginal_generate", "marginal_log_likelihood", "predict_marginal"]

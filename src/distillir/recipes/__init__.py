@@ -1,6 +1,6 @@
 """Training recipes, by name. Each is resolved only when asked for, so listing them imports no torch.
 
-A recipe is a `Recipe` subclass (see `distillir.recipes.base`) with a `Config` dataclass; run one with
+A recipe is a `Recipe` subclass (see `distillir.recipes.common.run`) with a `Config` dataclass; run one with
 `distillir train NAME --config file.yaml --set key=value`, or from Python:
 
     recipe_cls = get_recipe("dpr")
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from distillir.errors import ConfigError
 
 if TYPE_CHECKING:
-    from distillir.recipes.base import Recipe
+    from distillir.recipes.common.run import Recipe
 
 # name -> "module:Class"; a recipe adds one line here. Recipes in other packages run by that spec directly.
 RECIPES: dict[str, str] = {

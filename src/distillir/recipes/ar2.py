@@ -30,45 +30,55 @@ Each iteration's metrics go to `iter-k/metrics.json` and, gathered, to `metrics.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from distillir.data.datasets import load_dataset
+from distillir.data.negatives import build_examples, mine_negatives, positives_from_dataset, read_training_lists
 from distillir.errors import ConfigError
+from distillir.losses.adversarial import AdversarialRetrieverLoss
+from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
-from distillir.recipes.cross_encoder import (
-    LISTS_FILE,
-    PHASE_SUMMARY_FILE,
-    CandidateListCollator,
-    TrainSplit,
-    check_list_size,
-    phase_arguments,
-    phase_done,
-    read_phase_summary,
-    refuse_to_overwrite,
-    train_ranker,
-)
-from distillir.recipes.rocketqa_v2 import (
-    CANDIDATES_FILE,
+from distillir.rankers.cross_encoder import CrossEncoder
+from distillir.recipes.common.config import PipelineEvalConfig, RankerWarmup, TrainSplit, check_list_size
+from distillir.recipes.common.lists import LISTS_FILE, read_or_build_lists
+from distillir.recipes.common.ranking import (
     WARMUP_DIR,
-    PipelineEvalConfig,
-    RankerWarmup,
+    CandidateListCollator,
+    load_ranker,
+    phase_arguments,
+    train_ranker,
+    warm_up_ranker,
+)
+from distillir.recipes.common.retrieval import (
     default_temperature,
     dense_candidates,
     evaluate_pipeline,
-    load_ranker,
+    frozen,
     load_retriever,
     retriever_list_scores,
 )
+from distillir.recipes.common.run import (
+    FINAL_DIR,
+    METRICS_FILE,
+    Recipe,
+    finish_phase,
+    phase_done,
+    read_json,
+    read_phase_summary,
+)
+from distillir.retrievers.dense.encoder import BiEncoder
 from distillir.training.trainer import TrainConfig, Trainer, process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
+CANDIDATES_FILE = "candidates.trec"
 RANKER_DIR = "ranker"
 RETRIEVER_DIR = "retriever"
 
@@ -123,21 +133,6 @@ class AR2Config:
                               "trainer.max_steps")
 
 
-@contextlib.contextmanager
-def frozen(model) -> Iterator[None]:
-    """`model` as a fixed teacher for the duration: no gradients, eval mode; restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
 class RetrieverGroupLoss:
     """The AR2 retriever step as a Trainer `loss_fn` over groups (positive first).
 
@@ -147,9 +142,6 @@ class RetrieverGroupLoss:
 
     def __init__(self, kind: str, temperature: float, ranker=None, lambda_: float = 0.5,
                  ranker_temperature: float = 1.0, adversarial_over_negatives_only: bool = False):
-        from distillir.losses.adversarial import AdversarialRetrieverLoss
-        from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
-
         if kind == "adversarial" and ranker is None:
             raise ValueError("the adversarial retriever loss needs the ranker")
         self.kind = kind
@@ -159,8 +151,6 @@ class RetrieverGroupLoss:
         self.contrastive = ListwiseCrossEntropyLoss()
 
     def __call__(self, retriever, batch: dict[str, Any]):
-        import torch
-
         mask = batch["mask"]
         scores = retriever_list_scores(retriever, batch, self.temperature)
         if self.kind == "contrastive":
@@ -178,13 +168,7 @@ class AR2Recipe(Recipe):
     Config = AR2Config
 
     def run(self, config: AR2Config, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        from distillir.data.datasets import load_dataset
-        from distillir.data.negatives import positives_from_dataset
-
-        out = Path(config.output_dir)
-        refuse_to_overwrite(out, config.resume, ["iter-*", WARMUP_DIR])
-        out = self.prepare_output_dir(config)
-        seed_everything(config.seed)
+        out = self.start(config)
         state = process_state()
         dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
                                seed=config.seed)
@@ -194,7 +178,7 @@ class AR2Recipe(Recipe):
 
         retriever = load_retriever(config.retriever, config)
         ranker = load_ranker(config.ranker, config) if adversarial else None
-        report = self._read_report(out) if config.resume else {}
+        report = (read_json(out / METRICS_FILE) or {}) if config.resume else {}
         if config.eval is not None and config.eval.baseline and "baseline" not in report and state.is_main_process:
             logger.info("evaluating the initial retriever on %s/%s", config.eval.dataset, config.eval.split)
             report["baseline"] = evaluate_pipeline(retriever, config.eval, seed=config.seed, cache=True)["retriever"]
@@ -240,26 +224,10 @@ class AR2Recipe(Recipe):
 
     # ----------------------------------------------------------------------------------- steps
 
-    @staticmethod
-    def _read_report(out: Path) -> dict[str, Any]:
-        path = out / METRICS_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
     def _mine(self, config: AR2Config, k: int, it: Path, out: Path, dataset, queries, positives, retriever):
         """This iteration's training lists: the current retriever's top-`depth`, filtered (main process first)."""
-        from distillir.data.negatives import (
-            build_examples,
-            mine_negatives,
-            read_training_lists,
-            write_training_lists,
-        )
 
-        path = it / LISTS_FILE
-        state = process_state()
-        with state.main_process_first():
-            if path.is_file() and (config.resume or not state.is_main_process):
-                logger.info("iteration %d: reading training lists from %s", k, path)
-                return read_training_lists(path, dataset.corpus)
+        def build():
             if config.refresh == "never" and k > 1:
                 examples = read_training_lists(out / "iter-1" / LISTS_FILE, dataset.corpus)
             else:
@@ -275,26 +243,17 @@ class AR2Recipe(Recipe):
                 examples = [ex for ex in build_examples(queries, positives, negatives) if ex.negatives]
             if not examples:
                 raise ConfigError(f"iteration {k}: no training query kept a negative; raise depth")
-            write_training_lists(path, examples)
             return examples
+
+        return read_or_build_lists(it / LISTS_FILE, dataset.corpus, config.resume, build,
+                                   label=f"iteration {k} training lists")
 
     def _warm_up(self, config: AR2Config, ranker, examples, corpus, phase_dir: Path, callbacks):
         """The ranker alone on iteration 1's lists (AR2 starts co-training from warmed-up models)."""
-        from distillir.rankers.cross_encoder import CrossEncoder
-
-        if phase_done(phase_dir):
-            return CrossEncoder.from_pretrained(phase_dir / FINAL_DIR), read_phase_summary(phase_dir)
-        logger.info("ranker warm-up: %d steps -> %s", config.ranker_warmup.steps, phase_dir)
-        summary = train_ranker(ranker, examples, corpus, config.group_size, config.trainer, phase_dir,
-                               seed=config.seed, resume=config.resume, callbacks=callbacks,
-                               max_steps=config.ranker_warmup.steps, learning_rate=config.ranker_warmup.learning_rate,
-                               max_grad_norm=config.ranker_warmup.max_grad_norm,
-                               head_learning_rate=config.ranker_warmup.head_learning_rate)
-        return ranker, summary
+        return warm_up_ranker(ranker, examples, corpus, config.group_size, config.ranker_warmup, config.trainer,
+                              phase_dir, seed=config.seed, resume=config.resume, callbacks=callbacks)
 
     def _ranker_phase(self, config: AR2Config, ranker, examples, corpus, phase_dir: Path, callbacks):
-        from distillir.rankers.cross_encoder import CrossEncoder
-
         if phase_done(phase_dir):
             logger.info("%s is done: loading its ranker", phase_dir)
             return CrossEncoder.from_pretrained(phase_dir / FINAL_DIR), read_phase_summary(phase_dir)
@@ -307,8 +266,6 @@ class AR2Recipe(Recipe):
         return ranker, summary
 
     def _retriever_phase(self, config: AR2Config, retriever, ranker, examples, corpus, phase_dir: Path, callbacks):
-        from distillir.retrievers.dense.encoder import BiEncoder
-
         if phase_done(phase_dir):
             logger.info("%s is done: loading its retriever", phase_dir)
             return BiEncoder.from_pretrained(phase_dir / FINAL_DIR), read_phase_summary(phase_dir)
@@ -325,24 +282,19 @@ class AR2Recipe(Recipe):
             if ranker is not None:
                 ranker.to(trainer.device)
             summary = trainer.train()
-        if trainer.is_main_process:
-            retriever.save_pretrained(phase_dir / FINAL_DIR)
-            write_json(phase_dir / PHASE_SUMMARY_FILE, summary)
-        trainer.accelerator.wait_for_everyone()
+        finish_phase(retriever, phase_dir, summary, trainer)
         return retriever, summary
 
     def _evaluate(self, config: AR2Config, it: Path, retriever, ranker):
         if config.eval is None:
             return None
-        path = it / METRICS_FILE
-        if config.resume and path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8")).get("eval")
-            if saved is not None:
-                return saved
+        saved = (read_json(it / METRICS_FILE) or {}).get("eval") if config.resume else None
+        if saved is not None:
+            return saved
         if not process_state().is_main_process:
             return None
         logger.info("evaluating iteration %s's retriever on %s/%s", it.name, config.eval.dataset, config.eval.split)
         return evaluate_pipeline(retriever, config.eval, seed=config.seed, ranker=ranker, cache=True)
 
 
-__all__ = ["AR2Config", "AR2Recipe", "RetrieverGroupLoss", "frozen"]
+__all__ = ["AR2Config", "AR2Recipe", "RetrieverGroupLoss"]

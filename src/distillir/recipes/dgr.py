@@ -21,29 +21,40 @@ answer-bearing candidate (`positives: answer`: question-answer data without rele
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from distillir.data.answers import has_answer
+from distillir.data.datasets import load_dataset
+from distillir.data.negatives import positives_from_dataset
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
+from distillir.losses import DGRLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
-from distillir.recipes.fid_kd import FiDKDReader, build_reader, evaluate_retrieval
-from distillir.training.trainer import TrainConfig
+from distillir.models.seq2seq import IGNORE_INDEX
+from distillir.rankers.cross_encoder import CrossEncoder
+from distillir.recipes.common.config import ReaderConfig
+from distillir.recipes.common.lists import labelled_lists
+from distillir.recipes.common.ranking import train_ranker
+from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, torch_device
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages
+from distillir.retrievers.bm25 import bm25_cached
+from distillir.retrievers.generative import GenerativeRetriever, make_docids
+from distillir.teachers.scores import TeacherScores, read_teacher_scores
+from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
-STAGES_DIR = "stages"
-
 
 @dataclass
-class DGRTeacher:
+class DGRTeacherConfig:
     model: str = DEFAULT_ENCODER  # a trained cross-encoder (steps: 0) or an encoder to train (fresh head)
     max_length: int = 256
     query_max_length: int = 64
@@ -55,8 +66,8 @@ class DGRTeacher:
 
 
 @dataclass
-class DGRStudent:
-    seq2seq: FiDKDReader = field(default_factory=FiDKDReader)  # init / model / num_layers of the seq2seq
+class DGRStudentConfig:
+    seq2seq: ReaderConfig = field(default_factory=ReaderConfig)  # init / model / num_layers of the seq2seq
     docid_scheme: Literal["title", "id"] = "title"
     query_max_length: int = 64
     docid_max_length: int = 32
@@ -96,8 +107,8 @@ class DGRConfig:
     max_train_queries: int | None = None
     positives: Literal["gold", "answer"] = "gold"
     candidates: int = 20  # BM25 depth the teacher ranks (the paper: the student's top 200)
-    teacher: DGRTeacher = field(default_factory=DGRTeacher)
-    student: DGRStudent = field(default_factory=DGRStudent)
+    teacher: DGRTeacherConfig = field(default_factory=DGRTeacherConfig)
+    student: DGRStudentConfig = field(default_factory=DGRStudentConfig)
     eval: DGREval | None = field(default_factory=DGREval)
 
     def __post_init__(self) -> None:
@@ -132,8 +143,6 @@ class DGRCollator:
         self.list_size = list_size
 
     def __call__(self, examples) -> dict[str, Any]:
-        import torch
-
         lists = [ex for ex in examples if isinstance(ex, RankedList)]
         index = [ex for ex in examples if isinstance(ex, IndexingExample)]
         batch: dict[str, Any] = {"lists": None, "index": None}
@@ -153,39 +162,31 @@ class DGRCollator:
         return batch
 
 
-class DGRLoss:
-    """Trainer loss: generation NLL of the positive (and indexing) identifiers per token, plus rank_weight
-    times the distilled RankNet over each list's identifier scores."""
+class DGRStep:
+    """Trainer `loss_fn`: the student's identifier log-probabilities of each list (teacher order) and of the
+    indexing examples, into `losses.DGRLoss`."""
 
-    def __init__(self, student, config: DGRStudent):
-        from distillir.losses import DistilledRankNetLoss
-
+    def __init__(self, student, config: DGRStudentConfig):
         self.student = student
-        self.rank_weight = config.rank_weight
-        self.ranknet = DistilledRankNetLoss(config.base_margin, config.margin_step, config.first_weight)
+        self.loss = DGRLoss(config.rank_weight, config.base_margin, config.margin_step, config.first_weight)
 
     @staticmethod
     def _tokens(labels):
-        from distillir.readers.fid import IGNORE_INDEX
-
         return (labels != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
 
     def __call__(self, model, batch):
-        total = 0.0
+        parts: dict[str, Any] = {}
         lists = batch.get("lists")
         if lists is not None:
-            mask = lists["mask"]
-            n = mask.shape[1]
-            scores = self.student.score(lists["query"], lists["labels"], per_query=n)  # (B, n), teacher order
-            positive_tokens = self._tokens(lists["labels"]).view(-1, n)[:, 0]
-            total = total + (-scores[:, 0] / positive_tokens).mean()
-            if self.rank_weight > 0 and n > 1:
-                total = total + self.rank_weight * self.ranknet(scores, mask=mask)
+            n = lists["mask"].shape[1]
+            parts["scores"] = self.student.score(lists["query"], lists["labels"], per_query=n)  # (B, n), teacher order
+            parts["positive_tokens"] = self._tokens(lists["labels"]).view(-1, n)[:, 0]
+            parts["mask"] = lists["mask"]
         index = batch.get("index")
         if index is not None:
-            scores = self.student.score(index["query"], index["labels"], per_query=1)[:, 0]
-            total = total + (-scores / self._tokens(index["labels"])).mean()
-        return total
+            parts["index_scores"] = self.student.score(index["query"], index["labels"], per_query=1)[:, 0]
+            parts["index_tokens"] = self._tokens(index["labels"])
+        return self.loss(**parts)
 
 
 # ------------------------------------------------------------------------------------------- recipe
@@ -198,35 +199,26 @@ class DGRRecipe(Recipe):
     Config = DGRConfig
 
     def run(self, config: DGRConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        from distillir.data.datasets import load_dataset
-        from distillir.training.trainer import process_state
-
-        if process_state().num_processes > 1:
-            raise ConfigError("dgr runs in a single process (one GPU or the CPU); launch it without torchrun")
-        out = Path(config.output_dir)
-        if (out / STAGES_DIR).is_dir() and not config.resume:
-            raise ConfigError(f"{out} already holds a run; continue it with resume=true (distillir train "
-                              "--resume), or choose another output_dir")
-        out = self.prepare_output_dir(config)
-        seed_everything(config.seed)
+        out = self.start(config)
         self.callbacks = list(callbacks)
         self.train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
                                   seed=config.seed)
         self.corpus = self.train.corpus
         self.eval_ds = None
         if config.eval is not None:
-            self.eval_ds = load_dataset(config.eval.dataset or config.dataset, config.eval.split,
-                                        max_queries=config.eval.max_queries, seed=config.seed)
-            if self.eval_ds.corpus.fingerprint() != self.corpus.fingerprint():
+            self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
+                                           config.eval.max_queries, config.seed, self.corpus)
+            if self.eval_ds.corpus is not self.corpus:
                 raise ConfigError("dgr evaluates on the corpus it indexed: the eval split must share the training "
                                   "corpus")
+        stages = Stages(out / STAGES_DIR, "dgr")
         record = {
-            "candidates": self._stage(out, "candidates", lambda: self._candidates(config, out)),
-            "teacher": self._stage(out, "teacher", lambda: self._teacher(config, out)),
-            "student": self._stage(out, "student", lambda: self._student(config, out)),
+            "candidates": stages.run("candidates", lambda: self._candidates(config, out)),
+            "teacher": stages.run("teacher", lambda: self._teacher(config, out)),
+            "student": stages.run("student", lambda: self._student(config, out)),
         }
         if config.eval is not None:
-            record["eval"] = self._stage(out, "eval", lambda: self._evaluate(config, out))
+            record["eval"] = stages.run("eval", lambda: self._evaluate(config, out))
             write_json(out / METRICS_FILE, record["eval"])
         results = {"recipe": self.name, "output_dir": str(out), "final_retriever": str(out / FINAL_DIR),
                    "metrics": (record.get("eval") or {}).get("metrics"),
@@ -234,24 +226,9 @@ class DGRRecipe(Recipe):
         self.write_results(out, results)
         return results
 
-    @staticmethod
-    def _stage(out: Path, name: str, fn) -> dict[str, Any]:
-        marker = out / STAGES_DIR / f"{name}.json"
-        if marker.is_file():
-            logger.info("dgr: %s already done: skipping", name)
-            return {**json.loads(marker.read_text(encoding="utf-8")), "skipped": True}
-        logger.info("dgr: %s", name)
-        start = time.perf_counter()
-        info = fn()
-        info["wall_s"] = round(time.perf_counter() - start, 3)
-        write_json(marker, info)
-        return {**info, "skipped": False}
-
     # ----------------------------------------------------------------------------------- stages
 
     def _queries_with_positives(self, config: DGRConfig):
-        from distillir.data.negatives import positives_from_dataset
-
         queries = self.train.queries
         if config.positives == "gold":
             gold = positives_from_dataset(self.train)
@@ -266,8 +243,6 @@ class DGRRecipe(Recipe):
         return queries.subset(keep), None
 
     def _candidates(self, config: DGRConfig, out: Path) -> dict[str, Any]:
-        from distillir.retrievers.bm25 import bm25_cached
-
         queries, _ = self._queries_with_positives(config)
         run = bm25_cached(self.corpus).search(queries, top_k=config.candidates)
         run.write_trec(out / "candidates.trec", tag="bm25")
@@ -275,13 +250,6 @@ class DGRRecipe(Recipe):
 
     def _teacher(self, config: DGRConfig, out: Path) -> dict[str, Any]:
         """Train the cross-encoder (optional), score every candidate list, write the ranked lists."""
-        from distillir.data.answers import has_answer
-        from distillir.data.negatives import TrainingExample
-        from distillir.data.run import Run
-        from distillir.rankers.cross_encoder import CrossEncoder
-        from distillir.recipes.cross_encoder import train_ranker
-        from distillir.teachers.scores import TeacherScores
-
         cfg = config.teacher
         queries, gold = self._queries_with_positives(config)
         run = Run.read_trec(out / "candidates.trec")
@@ -295,13 +263,9 @@ class DGRRecipe(Recipe):
 
         path = cfg.model
         if cfg.steps > 0:
-            examples = []
-            for qid, hits in run.items():
-                pids = [p for p, _ in hits]
-                pos = sorted(gold[qid]) if gold is not None else [p for p in pids if is_positive(qid, p)]
-                neg = [p for p in pids if not is_positive(qid, p)]
-                if pos and neg:
-                    examples.append(TrainingExample(qid, text[qid], pos, neg))
+            gold_first = (lambda qid, pids: sorted(gold[qid])) if gold is not None else None
+            examples = labelled_lists(((qid, text[qid], [p for p, _ in hits]) for qid, hits in run.items()),
+                                      is_positive, gold_first)
             ranker = CrossEncoder.from_pretrained(cfg.model, max_length=cfg.max_length,
                                                   query_max_length=cfg.query_max_length)
             train_ranker(ranker, examples, self.corpus, cfg.list_size, cfg.trainer, out / "teacher",
@@ -328,8 +292,6 @@ class DGRRecipe(Recipe):
         return {"teacher": path, "lists": len(lists), "file": str(out / "teacher" / "scores.jsonl")}
 
     def _build_student(self, config: DGRConfig, path: Path | None = None):
-        from distillir.retrievers.generative import GenerativeRetriever, make_docids
-
         s = config.student
         if path is not None:
             return GenerativeRetriever.from_pretrained(path)
@@ -338,9 +300,6 @@ class DGRRecipe(Recipe):
                                    s.query_max_length, s.docid_max_length)
 
     def _student(self, config: DGRConfig, out: Path) -> dict[str, Any]:
-        from distillir.teachers.scores import read_teacher_scores
-        from distillir.training.trainer import Trainer, TrainingArguments
-
         s = config.student
         student = self._build_student(config)
         scores = read_teacher_scores(out / "teacher" / "scores.jsonl", corpus=self.corpus)
@@ -359,27 +318,20 @@ class DGRRecipe(Recipe):
         args = TrainingArguments.from_config(s.trainer, output_dir=out / "student", seed=config.seed,
                                              resume=config.resume)
         trainer = Trainer(student.seq2seq, args, examples, DGRCollator(student, s.list_size),
-                          loss_fn=DGRLoss(student, s), callbacks=self.callbacks)
+                          loss_fn=DGRStep(student, s), callbacks=self.callbacks)
         summary = trainer.train()
         student.save_pretrained(out / FINAL_DIR)
         return {"train": summary, "lists": n_lists, "indexing_examples": len(examples) - n_lists}
 
     def _evaluate(self, config: DGRConfig, out: Path) -> dict[str, Any]:
-        from distillir.retrievers.bm25 import bm25_cached
-
         ev = config.eval
         student = self._build_student(config, out / FINAL_DIR)
-        student.seq2seq.to(_device(config.student.trainer.cpu))
+        student.seq2seq.to(torch_device(config.student.trainer.cpu))
         run = student.search(self.eval_ds.queries, top_k=ev.top_k, batch_size=ev.batch_size)
         run.write_trec(out / "eval" / "dgr.trec", tag="dgr")
         bm25 = bm25_cached(self.eval_ds.corpus).search(self.eval_ds.queries, top_k=ev.top_k)
         return {"metrics": evaluate_retrieval(run, self.eval_ds), "bm25": evaluate_retrieval(bm25, self.eval_ds)}
 
 
-def _device(cpu: bool) -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and not cpu else "cpu"
-
-
-__all__ = ["DGRCollator", "DGRConfig", "DGRLoss", "DGRRecipe", "IndexingExample", "RankedList"]
+__all__ = ["DGRCollator", "DGRConfig", "DGRRecipe", "DGRStep", "DGRStudentConfig", "DGRTeacherConfig", "IndexingExample",
+           "RankedList"]

@@ -15,33 +15,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from distillir.data.datasets import load_dataset
 from distillir.errors import ConfigError
+from distillir.losses.contrastive import ContrastiveLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import (
-    FINAL_DIR,
-    METRICS_FILE,
-    EvalConfig,
-    Recipe,
-    evaluate_dense,
-    mined_training_lists,
-    seed_everything,
-)
+from distillir.recipes.common.config import EvalConfig, TrainSplit
+from distillir.recipes.common.lists import LISTS_FILE, mined_training_lists
+from distillir.recipes.common.retrieval import evaluate_dense
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
 from distillir.retrievers.bm25 import bm25_cached
+from distillir.retrievers.dense.encoder import BiEncoder
 from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments, process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
-
-LISTS_FILE = "train_lists.jsonl"
-
-
-@dataclass
-class DPRData:
-    dataset: str = "scifact"  # a known name or a dataset directory (BEIR or squad-open layout)
-    split: str = "train"
-    max_train_queries: int | None = None  # a seeded sample of the split's queries
-
 
 @dataclass
 class DPRNegatives:
@@ -70,7 +60,7 @@ class DPRConfig:
     query_max_length: int = 64
     passage_max_length: int = 256
     temperature: float | None = None  # None: 0.05 when the encoder normalises embeddings, else 1 (DPR)
-    data: DPRData = field(default_factory=DPRData)
+    data: TrainSplit = field(default_factory=TrainSplit)
     negatives: DPRNegatives = field(default_factory=DPRNegatives)
     trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-5, warmup_ratio=0.1))
     eval: EvalConfig | None = None
@@ -87,12 +77,7 @@ class DPRRecipe(Recipe):
     Config = DPRConfig
 
     def run(self, config: DPRConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        from distillir.data.datasets import load_dataset
-        from distillir.losses.contrastive import ContrastiveLoss
-        from distillir.retrievers.dense.encoder import BiEncoder
-
-        out = self.prepare_output_dir(config)
-        seed_everything(config.seed)
+        out = self.start(config)
         dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
                                seed=config.seed)
         examples = mined_training_lists(
@@ -164,8 +149,6 @@ class DPRCollator:
         self.hard_negatives = hard_negatives
 
     def __call__(self, examples):
-        import torch
-
         positives = [random.choice(ex.positives) for ex in examples]
         negatives = [pid for ex in examples
                      for pid in random.sample(ex.negatives, min(self.hard_negatives, len(ex.negatives)))]

@@ -25,7 +25,8 @@ Round k (directory `output_dir/round-k/`), each stage resumable on its own:
 
 Every stage writes its outputs atomically and then its marker `stages/<stage>.json` (wall time, results), so
 a resumed run (`resume: true`) skips finished stages and an interrupted Trainer continues from its last
-checkpoint. `round-k/metrics.json` gathers a round; `results.json` all rounds.
+checkpoint. The student side (lists, collator, loss, agreement) is `distillir.recipes.common.distill`, shared
+with every distilling recipe; the reader side is `distillir.recipes.common.reading`. `round-k/metrics.json` gathers a round; `results.json` all rounds.
 
 `teacher_scores: PATH` distils from a score file produced elsewhere (the same JSONL format): the reader
 stages are skipped and only one round runs.
@@ -36,10 +37,7 @@ Gold passages (qrels) are used only to *evaluate* on the eval split.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -47,21 +45,52 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from distillir.data.datasets import load_dataset
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
+from distillir.evaluation.qa import evaluate_answers
+from distillir.losses import InBatchListLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
-from distillir.training.trainer import TrainConfig, TrainerCallback
+from distillir.readers.fid_data import load_fid_examples
+from distillir.recipes.common.config import ReaderConfig
+from distillir.recipes.common.distill import (
+    ListCollator,
+    ListDistillLoss,
+    build_student,
+    distillation_loss,
+    list_examples,
+    teacher_agreement,
+)
+from distillir.recipes.common.reading import (
+    CollatorRNGCallback,
+    build_reader,
+    collapse_check,
+    evaluate_retrieval,
+    free_accelerator_memory,
+    inference_autocast,
+    load_eval_split,
+    qa_queries,
+    reader_loss,
+    score_teacher,
+    torch_device,
+)
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages
+from distillir.retrievers.bm25 import bm25_cached
+from distillir.retrievers.dense.encoder import encode_corpus_cached
+from distillir.retrievers.dense.retriever import DenseRetriever
+from distillir.teachers.quality import answer_hits
+from distillir.teachers.scores import read_teacher_scores
+from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
 STAGES = ("retrieve", "reader", "reader_eval", "teacher", "retriever", "index")
-STAGES_DIR = "stages"
+StageHook = Callable[[int, str, dict], None]  # (round, stage, record)
 SCORES_FILE = "scores.jsonl"
 PREDICTIONS_FILE = "predictions.json"
 AGREEMENT_BEFORE_FILE = "agreement_before.json"
-RNG_STATE_FILE = "collator_rng.json"
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -83,38 +112,6 @@ class FiDKDEval:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
-
-
-@dataclass
-class FiDKDReader:
-    """The FiD reader: how it is built, its input lengths, and how it is trained and run."""
-
-    # encoder-decoder: EncoderDecoderModel warm-started from the BERT-like encoder `model` (cross-attention new);
-    # pretrained: any HF seq2seq model id or path (t5-base, bart-base, a saved FiDReader);
-    # t5-config: a randomly initialised T5 sized by `t5` with `model`'s tokenizer.
-    init: Literal["encoder-decoder", "pretrained", "t5-config"] = "encoder-decoder"
-    model: str = DEFAULT_ENCODER
-    num_layers: int | None = None  # encoder-decoder: keep only the first N layers (encoder and decoder)
-    t5: dict[str, Any] = field(default_factory=dict)  # t5-config: T5Config fields (d_model, num_layers, ...)
-    passage_max_length: int = 200  # tokens of "question: q title: t context: p" (paper: 200-250)
-    answer_max_length: int = 32
-    answer_choice: Literal["first", "random"] = "random"  # training target among several answers (FiD: random)
-    capture: Literal["logits", "eager"] = "logits"  # how teacher attention is read (see FiDReader)
-    gradient_checkpointing: bool = False
-    warm_start_next_round: bool = True  # round k > 1 continues round k-1's reader
-    batch_size: int = 8  # questions per batch when predicting answers and scoring passages
-    num_beams: int = 1
-    inference_dtype: Literal["float32", "bfloat16"] = "float32"  # autocast for prediction and scoring (GPU)
-    trainer: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.05,
-                                            per_device_batch_size=4)
-    )
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_beams < 1:
-            raise ConfigError("batch_size and num_beams must be at least 1")
-        if self.num_layers is not None and self.num_layers < 1:
-            raise ConfigError(f"num_layers must be at least 1 (or null), got {self.num_layers}")
 
 
 @dataclass
@@ -195,7 +192,7 @@ class FiDKDConfig:
     # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
     # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
     on_collapse: str = "warn"
-    reader: FiDKDReader = field(default_factory=FiDKDReader)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
     teacher: FiDKDTeacher = field(default_factory=FiDKDTeacher)
     retriever: FiDKDRetriever = field(default_factory=FiDKDRetriever)
     encode: FiDKDEncode = field(default_factory=FiDKDEncode)
@@ -215,349 +212,7 @@ class FiDKDConfig:
             raise ConfigError(f"on_collapse must be 'warn' or 'stop', got {self.on_collapse!r}")
 
 
-# ------------------------------------------------------------------------------------------- pieces
-
-
-@dataclass
-class ListExample:
-    """One question's candidate list and its teacher scores: what the retriever is distilled on."""
-
-    qid: str
-    query: str
-    pids: list[str]
-    scores: list[float]
-
-
-def teacher_targets(values: Sequence[float], normalize: str = "none", scale: float = 1.0) -> list[float]:
-    """One question's distillation targets from its raw teacher scores (see `FiDKDTeacher.normalize`)."""
-    values = [float(v) for v in values]
-    if normalize == "zscore" and values:
-        mean = math.fsum(values) / len(values)
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
-        values = [(v - mean) / std if std > 0 else 0.0 for v in values]
-    elif normalize not in ("none", "zscore"):
-        raise ConfigError(f"unknown teacher score normalization {normalize!r}; choose none or zscore")
-    return [scale * v for v in values]
-
-
-def list_examples(scores, queries=None, corpus=None, source: str | Path | None = None, *, normalize: str = "none",
-                  scale: float = 1.0) -> list[ListExample]:
-    """`ListExample`s from `TeacherScores`, in file order, with targets from `teacher_targets`. The question
-    text comes from the score file's `query` field, else from `queries` (by qid); every pid must be in
-    `corpus` when given."""
-    examples = []
-    for qid, (pids, values) in scores.items():
-        text = scores.queries.get(qid)
-        if text is None and queries is not None and qid in queries.index_of:
-            text = queries.texts[queries.index_of[qid]]
-        if text is None:
-            raise InputError(source, f"question {qid!r} has no query text in the file nor in the training split",
-                             field="query")
-        if corpus is not None:
-            unknown = [p for p in pids if p not in corpus]
-            if unknown:
-                raise InputError(source, f"question {qid!r}: passages not in the corpus: {unknown[:3]}", field="pids")
-        if pids:
-            examples.append(ListExample(qid, text, list(pids), teacher_targets(values, normalize, scale)))
-    return examples
-
-
-class ListCollator:
-    """ListExamples -> {"query", "passage", "teacher", "mask"}.
-
-    Passages are the lists concatenated, each padded to the batch's longest list with empty passages (masked
-    out), so `encode_passage(batch["passage"])` reshapes to (B, n, dim). teacher, mask: (B, n).
-    """
-
-    def __init__(self, encoder, corpus, passage_embeddings=None):
-        """`passage_embeddings` (len(corpus), dim), in corpus order: give them (a frozen passage tower) and
-        batches carry "passage_embeddings" (B, n, dim) instead of passage tokens."""
-        self.encoder = encoder
-        self.corpus = corpus
-        self.passage_embeddings = passage_embeddings
-
-    def __call__(self, examples: Sequence[ListExample]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(ex.pids) for ex in examples)
-        if self.passage_embeddings is not None:
-            emb = self.passage_embeddings
-            rows = torch.zeros(len(examples), width, dtype=torch.long)
-            mask = torch.zeros(len(examples), width, dtype=torch.bool)
-            teacher = torch.zeros(len(examples), width, dtype=torch.float32)
-            for i, ex in enumerate(examples):
-                n = len(ex.pids)
-                rows[i, :n] = torch.tensor([self.corpus.index_of[pid] for pid in ex.pids])
-                mask[i, :n] = True
-                teacher[i, :n] = torch.tensor(list(ex.scores), dtype=torch.float32)
-            return {
-                "query": self.encoder.tokenize_queries([ex.query for ex in examples]),
-                "passage_embeddings": emb[rows] * mask.unsqueeze(-1),
-                "teacher": teacher,
-                "mask": mask,
-            }
-        titles, texts, teacher, mask = [], [], [], []
-        for ex in examples:
-            for pid in ex.pids:
-                row = self.corpus.index_of[pid]
-                titles.append(self.corpus.titles[row])
-                texts.append(self.corpus.texts[row])
-            pad = width - len(ex.pids)
-            titles += [""] * pad
-            texts += [""] * pad
-            teacher.append(list(ex.scores) + [0.0] * pad)
-            mask.append([True] * len(ex.pids) + [False] * pad)
-        return {
-            "query": self.encoder.tokenize_queries([ex.query for ex in examples]),
-            "passage": self.encoder.tokenize_passages(titles, texts),
-            "teacher": torch.tensor(teacher, dtype=torch.float32),
-            "mask": torch.tensor(mask, dtype=torch.bool),
-        }
-
-
-def list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
-    """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list;
-    `cross`: (B, B, n), question b with every list c of the batch (c = b: its own)."""
-    import torch
-
-    q = encoder.encode_query(batch["query"])
-    if "passage_embeddings" in batch:  # a frozen passage tower's precomputed embeddings
-        p = batch["passage_embeddings"].to(q.device)
-    else:
-        p = encoder.encode_passage(batch["passage"])
-        p = p.view(q.shape[0], -1, p.shape[-1])
-    # In float32 even under mixed precision: scaled scores (x20) lose too many digits in bf16.
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        pattern = "bd,cnd->bcn" if cross else "bd,bnd->bn"
-        return torch.einsum(pattern, q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
-
-
-def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
-    """The FiD-KD objectives: "kl" (the paper's best), "mse", "margin"; each takes (S, T, mask)."""
-    from distillir.losses import KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
-
-    if name == "kl":
-        return KLDivergenceLoss(temperature=temperature)
-    if name == "mse":
-        return MSEDistillLoss()
-    if name == "margin":
-        return MaxMarginDistillLoss(margin=margin)
-    raise ConfigError(f"unknown distillation loss {name!r}; choose kl, mse or margin")
-
-
-class ListDistillLoss:
-    """Trainer `loss_fn`: loss(S, T, mask) over each question's own list, plus, given `in_batch` (an
-    `InBatchListLoss`), the other lists of the batch as negatives."""
-
-    def __init__(self, loss, in_batch=None):
-        self.loss = loss
-        self.in_batch = in_batch
-
-    def __call__(self, model, batch):
-        import torch
-
-        if self.in_batch is None:
-            return self.loss(list_scores(model, batch), batch["teacher"], batch["mask"])
-        cross = list_scores(model, batch, cross=True)
-        own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
-        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"])
-
-
-def _ranks(values):
-    import torch
-
-    return torch.argsort(torch.argsort(values)).float()
-
-
-def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, temperature: float = 1.0,
-                      batch_size: int = 16, passage_embeddings=None) -> dict[str, float]:
-    """How closely the student's scores follow the teacher's over each list (no gradient, eval mode):
-
-    kl: mean KL(softmax(T / tau) || softmax(S / tau)) (lower is better); spearman: mean rank correlation of S
-    and T (lists of 2+ passages); top1: fraction of lists where the student's best passage is the teacher's.
-    """
-    import torch
-
-    if not examples:
-        return {"lists": 0, "kl": float("nan"), "spearman": float("nan"), "top1": float("nan")}
-    collate = ListCollator(encoder, corpus, passage_embeddings)
-    was_training = encoder.training
-    encoder.eval()
-    device = encoder.inference_device()
-    encoder.to(device)
-    kl_sum = rho_sum = top1 = 0.0
-    rho_count = 0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
-                chunk = examples[start:start + batch_size]
-                batch = collate(chunk)
-                student = list_scores(encoder, batch).float().cpu()
-                for i, ex in enumerate(chunk):
-                    n = len(ex.pids)
-                    s, t = student[i, :n], torch.tensor(ex.scores, dtype=torch.float32)
-                    log_p_t = torch.log_softmax(t / temperature, -1)
-                    log_p_s = torch.log_softmax(s / temperature, -1)
-                    kl_sum += float((log_p_t.exp() * (log_p_t - log_p_s)).sum())
-                    top1 += float(int(s.argmax()) == int(t.argmax()))
-                    if n > 1:
-                        rs, rt = _ranks(s), _ranks(t)
-                        rs, rt = rs - rs.mean(), rt - rt.mean()
-                        denom = float(rs.norm() * rt.norm())
-                        if denom > 0:
-                            rho_sum += float((rs * rt).sum()) / denom
-                            rho_count += 1
-    finally:
-        encoder.train(was_training)
-    n = len(examples)
-    return {"lists": n, "kl": kl_sum / n, "spearman": rho_sum / rho_count if rho_count else float("nan"),
-            "top1": top1 / n}
-
-
-class CollatorRNGCallback(TrainerCallback):
-    """Checkpoints the reader collator's own answer-sampling RNG, so a resumed run draws the same answers."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def on_save(self, trainer, checkpoint_dir: Path) -> None:
-        version, state, gauss = self.collator._rng.getstate()
-        write_json(Path(checkpoint_dir) / RNG_STATE_FILE, {"version": version, "state": list(state), "gauss": gauss})
-
-    def on_resume(self, trainer, checkpoint_dir: Path) -> None:
-        path = Path(checkpoint_dir) / RNG_STATE_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            self.collator._rng.setstate((saved["version"], tuple(saved["state"]), saved["gauss"]))
-
-
-def reader_loss(model, batch):
-    """Trainer `loss_fn` for the FiD reader: token cross-entropy of the answer."""
-    return model(**batch.model_inputs()).loss
-
-
-def _torch_device(cpu: bool = False) -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and not cpu else "cpu"
-
-
-def inference_autocast(dtype: str, device: str):
-    """bf16 autocast for reader inference on a GPU; nothing otherwise."""
-    import torch
-
-    if dtype == "bfloat16" and device != "cpu":
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build_reader(cfg: FiDKDReader, n_passages: int, seed: int, warm_start: str | Path | None = None):
-    """A FiD reader from the config (seeded, so its new weights are the same in every run), or the saved
-    reader at `warm_start`."""
-    from distillir.models import resolve_model
-    from distillir.readers.fid import FiDReader
-
-    settings = {"n_passages": n_passages, "passage_max_length": cfg.passage_max_length,
-                "answer_max_length": cfg.answer_max_length}
-    seed_everything(seed)
-    if warm_start is not None:
-        reader = FiDReader.from_pretrained(warm_start, capture=cfg.capture, **settings)
-    elif cfg.init == "encoder-decoder":
-        kwargs = {}
-        if cfg.num_layers is not None:
-            kwargs = {"encoder_num_hidden_layers": cfg.num_layers, "decoder_num_hidden_layers": cfg.num_layers}
-        reader = FiDReader.from_encoder(resolve_model(cfg.model), capture=cfg.capture, model_kwargs=kwargs,
-                                        **settings)
-    elif cfg.init == "pretrained":
-        reader = FiDReader.from_pretrained(resolve_model(cfg.model), capture=cfg.capture, **settings)
-    else:
-        reader = FiDReader.from_config(resolve_model(cfg.model), capture=cfg.capture, settings=settings, **cfg.t5)
-    if cfg.gradient_checkpointing:
-        reader.model.gradient_checkpointing_enable()
-    return reader
-
-
-def build_student(cfg: FiDKDRetriever, path: str | Path | None = None):
-    """The bi-encoder to distil into: `cfg.model` with the configured settings, or a saved student at `path`."""
-    from distillir.retrievers.dense.encoder import BiEncoder
-
-    if path is not None:
-        encoder = BiEncoder.from_pretrained(path)
-        if not cfg.train_passages:
-            encoder.freeze_passage_tower()
-        return encoder
-    encoder = BiEncoder.from_pretrained(cfg.model, shared=cfg.shared, normalize=cfg.normalize, scale=cfg.scale,
-                                        query_max_length=cfg.query_max_length,
-                                        passage_max_length=cfg.passage_max_length)
-    if not cfg.train_passages:
-        encoder.freeze_passage_tower()
-    from distillir.models import local_model_dir
-    from distillir.retrievers.dense.encoder import SETTINGS_FILE
-
-    # The default scale, unless the model is a distillir encoder that already records its own.
-    if cfg.scale is None and not (local_model_dir(cfg.model) / SETTINGS_FILE).is_file():
-        scale = 20.0 if encoder.settings.normalize else 1.0 / math.sqrt(encoder.dim)
-        encoder.settings = dataclasses.replace(encoder.settings, scale=scale)
-    return encoder
-
-
-def score_teacher(reader, examples: Sequence[dict], aggregation: str = "fid", *, layers=None, n_passages=None,
-                  batch_size: int = 8, dtype: str = "float32"):
-    """Teacher scores (`TeacherScores`) for reader examples with a trained reader, under bf16 autocast on a GPU
-    when `dtype` says so (the recipe's teacher stage; also used by the aggregation ablation)."""
-    from distillir.teachers.scores import score_with_reader
-
-    device = str(reader.device)
-    with inference_autocast(dtype, device):
-        return score_with_reader(reader, examples, aggregation, batch_size=batch_size, n_passages=n_passages,
-                                 layers=layers)
-
-
-def evaluate_retrieval(run, dataset) -> dict[str, Any]:
-    """Answer recall (Top-k), and gold MRR@10 / recall from the eval split's qrels, for a run."""
-    from distillir.evaluation import evaluate_run
-
-    return evaluate_run(run, qrels=dataset.qrels, queries=dataset.queries, corpus=dataset.corpus)
-
-
-def collapse_check(run, label: str) -> dict[str, Any]:
-    """top1_concentration of a run, with a warning when one passage comes first for most queries."""
-    from distillir.evaluation.diagnostics import top1_concentration
-
-    found = top1_concentration(run)
-    if found["collapsed"]:
-        logger.warning("%s collapsed: passage %s is ranked first for %.0f%% of %d questions (%d distinct first "
-                       "passages): it no longer depends on the query; check the teacher's answer_hits and the "
-                       "retriever's learning rate",
-                       label, found["top1_max_pid"], 100 * found["top1_max_share"], found["queries"],
-                       found["distinct_top1"])
-    return found
-
-
-def qa_queries(queries):
-    """The training questions reduced to what FiD-KD may use: ids, texts and answers (no gold passages);
-    questions without an answer are left out (the reader needs one to learn from)."""
-    from distillir.data.types import Queries
-
-    keep = [i for i, a in enumerate(queries.answers) if a]
-    return Queries([queries.ids[i] for i in keep], [queries.texts[i] for i in keep],
-                   [list(queries.answers[i]) for i in keep], source=queries.source)
-
-
-def _free_accelerator_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # ------------------------------------------------------------------------------------------- recipe
-
-
-StageHook = Callable[[int, str, dict], None]
 
 
 class FiDKDRecipe(Recipe):
@@ -575,17 +230,7 @@ class FiDKDRecipe(Recipe):
     # ----------------------------------------------------------------------------------- run
 
     def run(self, config: FiDKDConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        from distillir.data.datasets import load_dataset
-        from distillir.training.trainer import process_state
-
-        if process_state().num_processes > 1:
-            raise ConfigError("fid-kd runs in a single process (one GPU or the CPU); launch it without torchrun")
-        out = Path(config.output_dir)
-        previous = sorted(p.name for p in out.glob("round-*")) if out.is_dir() else []
-        if previous and not config.resume:
-            raise ConfigError(f"{out} already holds a run ({', '.join(previous)}); continue it with resume=true "
-                              "(distillir train --resume), or choose another output_dir")
-        out = self.prepare_output_dir(config)
+        out = self.start(config)
         self._models = {}
         self.callbacks = list(callbacks)
 
@@ -598,10 +243,8 @@ class FiDKDRecipe(Recipe):
             raise ConfigError(f"{config.dataset}/{config.train_split}: no question has an answer to learn from")
         self.eval_ds = None
         if config.eval is not None:
-            self.eval_ds = load_dataset(config.eval.dataset or config.dataset, config.eval.split,
-                                        max_queries=config.eval.max_queries, seed=config.seed)
-            if self.eval_ds.corpus.fingerprint() == self.corpus.fingerprint():
-                self.eval_ds.corpus = self.corpus  # one corpus object: one BM25 index, one dense index
+            self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
+                                           config.eval.max_queries, config.seed, self.corpus)
         logger.info("fid-kd: %d training questions (%s/%s), %s eval questions, start %s, %d round(s), n=%d",
                     len(self.train_queries), config.dataset, config.train_split,
                     len(self.eval_ds.queries) if self.eval_ds else 0, config.start, config.rounds, config.n_passages)
@@ -647,50 +290,28 @@ class FiDKDRecipe(Recipe):
 
     def run_round(self, config: FiDKDConfig, out: Path, k: int) -> dict[str, Any]:
         rd = out / f"round-{k}"
+        hook = None if self.on_stage is None else (lambda name, info: self.on_stage(k, name, info))
+        stages = Stages(rd / STAGES_DIR, f"round {k}", hook)
         record: dict[str, Any] = {"round": k}
-        record["retrieve"] = self._stage(config, rd, k, "retrieve", lambda: self._retrieve(config, out, rd, k))
+        record["retrieve"] = stages.run("retrieve", lambda: self._retrieve(config, out, rd, k))
         if config.teacher_scores is None:
-            record["reader"] = self._stage(config, rd, k, "reader", lambda: self._train_reader(config, out, rd, k))
+            record["reader"] = stages.run("reader", lambda: self._train_reader(config, out, rd, k))
             if config.eval is not None and config.eval.reader:
-                record["reader_eval"] = self._stage(config, rd, k, "reader_eval",
-                                                    lambda: self._evaluate_reader(config, rd))
-            record["teacher"] = self._stage(config, rd, k, "teacher", lambda: self._score(config, rd))
+                record["reader_eval"] = stages.run("reader_eval", lambda: self._evaluate_reader(config, rd))
+            record["teacher"] = stages.run("teacher", lambda: self._score(config, rd))
             self._models.pop("reader", None)
-            _free_accelerator_memory()
-        record["retriever"] = self._stage(config, rd, k, "retriever",
-                                          lambda: self._train_retriever(config, out, rd, k))
-        record["index"] = self._stage(config, rd, k, "index", lambda: self._index(config, rd))
+            free_accelerator_memory()
+        record["retriever"] = stages.run("retriever", lambda: self._train_retriever(config, out, rd, k))
+        record["index"] = stages.run("index", lambda: self._index(config, rd))
         self._models.pop("student", None)
-        _free_accelerator_memory()
+        free_accelerator_memory()
         record["wall_s"] = {name: record[name]["wall_s"] for name in STAGES if name in record}
         record["wall_s"]["round"] = round(sum(record["wall_s"].values()), 3)
         write_json(rd / METRICS_FILE, record)
         return record
 
-    def _stage(self, config: FiDKDConfig, rd: Path, k: int, name: str, fn: Callable[[], dict]) -> dict[str, Any]:
-        """Run a stage unless its marker says it finished; then write the marker (last, atomically)."""
-        marker = rd / STAGES_DIR / f"{name}.json"
-        if marker.is_file():
-            info = json.loads(marker.read_text(encoding="utf-8"))
-            logger.info("round %d: %s already done (%.1f s): skipping", k, name, info.get("wall_s", 0.0))
-            info["skipped"] = True
-        else:
-            logger.info("round %d: %s", k, name)
-            start = time.perf_counter()
-            info = fn()
-            info["wall_s"] = round(time.perf_counter() - start, 3)
-            write_json(marker, info)
-            info["skipped"] = False
-        if self.on_stage is not None:
-            self.on_stage(k, name, info)
-        return info
-
     def _retrieve(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         """The current retriever's top-n for the training questions and top-k for the eval questions."""
-        from distillir.data.run import Run
-        from distillir.retrievers.bm25 import bm25_cached
-        from distillir.retrievers.dense.retriever import DenseRetriever
-
         d = rd / "retrieve"
         n = config.n_passages
         needs_train = config.teacher_scores is None
@@ -736,14 +357,11 @@ class FiDKDRecipe(Recipe):
         if cached is not None and cached[0] == path:
             return cached[1]
         reader = build_reader(config.reader, config.n_passages, config.seed, warm_start=path)
-        reader.to(_torch_device(config.reader.trainer.cpu))
+        reader.to(torch_device(config.reader.trainer.cpu))
         self._models["reader"] = (path, reader)
         return reader
 
     def _train_reader(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
-        from distillir.readers.fid import load_fid_examples
-        from distillir.training.trainer import Trainer, TrainingArguments
-
         d = rd / "reader"
         examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
         warm = None
@@ -763,9 +381,6 @@ class FiDKDRecipe(Recipe):
                 "final": str(d / FINAL_DIR)}
 
     def _evaluate_reader(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
-        from distillir.evaluation.qa import evaluate_answers
-        from distillir.readers.fid import load_fid_examples
-
         reader = self._reader(config, rd / "reader" / FINAL_DIR)
         examples = load_fid_examples(rd / "retrieve" / "eval.jsonl")  # in the eval questions' order
         if config.eval.reader_max_queries is not None:
@@ -780,9 +395,6 @@ class FiDKDRecipe(Recipe):
         return {"metrics": evaluate_answers(predictions, queries)}
 
     def _score(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
-        from distillir.readers.fid import load_fid_examples
-        from distillir.teachers.quality import answer_hits
-
         reader = self._reader(config, rd / "reader" / FINAL_DIR)
         examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
         scores = score_teacher(reader, examples, config.teacher.aggregation, layers=config.teacher.layers,
@@ -799,9 +411,6 @@ class FiDKDRecipe(Recipe):
                 "answer_hits": hits}
 
     def _train_retriever(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
-        from distillir.teachers.scores import read_teacher_scores
-        from distillir.training.trainer import Trainer, TrainingArguments
-
         cfg = config.retriever
         d = rd / "retriever"
         source = Path(config.teacher_scores) if config.teacher_scores else rd / "teacher" / SCORES_FILE
@@ -815,7 +424,6 @@ class FiDKDRecipe(Recipe):
         student = build_student(cfg, start_from)
         passage_embeddings = None
         if not cfg.train_passages:  # embedded once (cache keyed by the frozen weights), read at every step
-            from distillir.retrievers.dense.encoder import encode_corpus_cached
 
             passage_embeddings = encode_corpus_cached(student, self.corpus, config.encode.batch_size,
                                                       dtype=config.encode.dtype)
@@ -832,8 +440,6 @@ class FiDKDRecipe(Recipe):
                 before = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature,
                                            passage_embeddings=passage_embeddings)
                 write_json(before_file, before)
-
-        from distillir.losses import InBatchListLoss
 
         loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
         in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
@@ -853,8 +459,6 @@ class FiDKDRecipe(Recipe):
 
     def _index(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         """Re-embed the corpus with the trained retriever, save the index, evaluate it."""
-        from distillir.retrievers.dense.retriever import DenseRetriever
-
         path = rd / "retriever" / FINAL_DIR
         cached = self._models.get("student")
         student = cached[1] if cached is not None and cached[0] == path else build_student(config.retriever, path)
@@ -884,25 +488,4 @@ class FiDKDRecipe(Recipe):
         return info
 
 
-__all__ = [
-    "FiDKDConfig",
-    "FiDKDEncode",
-    "FiDKDEval",
-    "FiDKDReader",
-    "FiDKDRecipe",
-    "FiDKDRetriever",
-    "FiDKDTeacher",
-    "ListCollator",
-    "ListDistillLoss",
-    "ListExample",
-    "build_reader",
-    "build_student",
-    "collapse_check",
-    "distillation_loss",
-    "list_examples",
-    "list_scores",
-    "qa_queries",
-    "score_teacher",
-    "teacher_agreement",
-    "teacher_targets",
-]
+__all__ = ["FiDKDConfig", "FiDKDEncode", "FiDKDEval", "FiDKDRecipe", "FiDKDRetriever", "FiDKDTeacher"]

@@ -22,26 +22,40 @@ results.json.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
+from distillir.data.answers import has_answer
+from distillir.data.datasets import load_dataset
 from distillir.errors import ConfigError, InputError
+from distillir.evaluation.qa import evaluate_answers
+from distillir.losses import Re2GLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.base import FINAL_DIR, METRICS_FILE, Recipe, seed_everything
-from distillir.recipes.fid_kd import FiDKDReader, build_reader, evaluate_retrieval, qa_queries
-from distillir.training.trainer import TrainConfig
+from distillir.models.seq2seq import IGNORE_INDEX
+from distillir.rankers.cross_encoder import CrossEncoder
+from distillir.readers.fid import FiDReader
+from distillir.readers.fid_data import load_fid_examples
+from distillir.readers.rag import marginal_log_likelihood, predict_marginal
+from distillir.recipes.common.config import ReaderConfig
+from distillir.recipes.common.lists import labelled_lists
+from distillir.recipes.common.ranking import train_ranker
+from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, qa_queries
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages, read_json
+from distillir.retrievers.bm25 import bm25_cached
+from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
+from distillir.retrievers.dense.retriever import DenseRetriever
+from distillir.retrievers.hybrid import reciprocal_rank_fusion
+from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
-STAGES_DIR = "stages"
 STAGES = ("candidates", "ranker", "e2e", "eval")
 
 
@@ -114,7 +128,7 @@ class Re2GConfig:
     max_train_queries: int | None = 1000
     retrieval: Re2GRetrieval = field(default_factory=Re2GRetrieval)
     ranker: Re2GRanker = field(default_factory=Re2GRanker)
-    generator: FiDKDReader = field(default_factory=FiDKDReader)  # the seq2seq model (n_passages: n_generate)
+    generator: ReaderConfig = field(default_factory=ReaderConfig)  # the seq2seq model (n_passages: n_generate)
     e2e: Re2GEndToEnd = field(default_factory=Re2GEndToEnd)
     eval: Re2GEval | None = field(default_factory=Re2GEval)
 
@@ -135,8 +149,6 @@ class CandidateList:
 
 def merged_candidates(bm25_run, dense_run, bm25_depth: int, dense_depth: int):
     """Union of BM25's top `bm25_depth` and the dense top `dense_depth` per question, in RRF order."""
-    from distillir.retrievers.hybrid import reciprocal_rank_fusion
-
     runs = [r.top(d) for r, d in ((bm25_run, bm25_depth), (dense_run, dense_depth)) if d > 0]
     return reciprocal_rank_fusion(runs, top_k=bm25_depth + dense_depth)
 
@@ -162,8 +174,6 @@ class Re2GCollator:
         self.passage_embeddings = passage_embeddings
 
     def __call__(self, examples: Sequence[CandidateList]) -> dict[str, Any]:
-        import torch
-
         width = max(len(ex.pids) for ex in examples)
         rows = torch.zeros(len(examples), width, dtype=torch.long)
         mask = torch.zeros(len(examples), width, dtype=torch.bool)
@@ -203,8 +213,6 @@ def generator_examples(lists: Sequence[CandidateList], chosen, corpus) -> list[d
 def top_candidates(ranker_scores, mask, n: int):
     """(B, n') indices of the best-scored real candidates (n' = min(n, C)) and (B, n') their log-weights
     log softmax(r) over the chosen ones (-inf where a question has fewer than n' real candidates)."""
-    import torch
-
     scores = ranker_scores.float().masked_fill(~mask, float("-inf"))
     k = min(n, scores.shape[1])
     top = scores.detach().topk(k, dim=1).indices
@@ -212,28 +220,21 @@ def top_candidates(ranker_scores, mask, n: int):
     return top, torch.log_softmax(chosen, dim=1), torch.isfinite(chosen)
 
 
-class Re2GLoss:
-    """Trainer loss: the generator's marginal NLL per answer token (weights from the re-ranker) plus, when the
-    query encoder is distilled, alpha * T^2 KL(softmax(r / T) || softmax(s / T)) over all candidates."""
+class Re2GStep:
+    """Trainer `loss_fn`: the re-ranker picks each question's top `n_generate` candidates, the generator reads
+    them alone and its marginal likelihood (`readers.rag`) and, when the query encoder is distilled, its scores
+    over all candidates go into `losses.Re2GLoss`."""
 
     def __init__(self, lists: Sequence[CandidateList], corpus, generator_collate, config: Re2GEndToEnd,
                  scale: float):
-        from distillir.losses import KLDivergenceLoss
-
         self.lists = lists
         self.corpus = corpus
         self.collate = generator_collate
         self.config = config
         self.scale = scale
-        self.kd = KLDivergenceLoss(config.kd_temperature, scale_by_t2=True) if config.query_encoder == "distill" \
-            else None
+        self.loss = Re2GLoss(config.kd_alpha if config.query_encoder == "distill" else None, config.kd_temperature)
 
     def __call__(self, model, batch):
-        import torch
-
-        from distillir.readers.fid import IGNORE_INDEX
-        from distillir.readers.rag import marginal_log_likelihood
-
         mask = batch["mask"]
         ranker_scores = model.ranker.list_scores(batch["pairs"], mask.shape[1])
         top, log_weights, present = top_candidates(ranker_scores, mask, self.config.n_generate)
@@ -242,14 +243,13 @@ class Re2GLoss:
         gen_batch = self.collate(generator_examples(lists, picks, self.corpus)).to(ranker_scores.device)
         log_likelihood = marginal_log_likelihood(model.generator, gen_batch, log_weights, self.config.style)
         tokens = (gen_batch.labels != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
-        loss = -(log_likelihood / tokens).mean()
-        if self.kd is not None:
-            q = model.query_encoder.encode_query(batch["query"])
-            p = batch["passage_embeddings"].to(q.device)
-            with torch.autocast(device_type=q.device.type, enabled=False):
-                student = torch.einsum("bd,bnd->bn", q.float(), p.float()) * self.scale
-            loss = loss + self.config.kd_alpha * self.kd(student, ranker_scores, mask)
-        return loss
+        if self.loss.kd is None:
+            return self.loss(log_likelihood, tokens)
+        q = model.query_encoder.encode_query(batch["query"])
+        p = batch["passage_embeddings"].to(q.device)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            student = torch.einsum("bd,bnd->bn", q.float(), p.float()) * self.scale
+        return self.loss(log_likelihood, tokens, student, ranker_scores, mask)
 
 
 # ------------------------------------------------------------------------------------------- recipe
@@ -262,17 +262,7 @@ class Re2GRecipe(Recipe):
     Config = Re2GConfig
 
     def run(self, config: Re2GConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        from distillir.data.datasets import load_dataset
-        from distillir.training.trainer import process_state
-
-        if process_state().num_processes > 1:
-            raise ConfigError("re2g runs in a single process (one GPU or the CPU); launch it without torchrun")
-        out = Path(config.output_dir)
-        if (out / STAGES_DIR).is_dir() and not config.resume:
-            raise ConfigError(f"{out} already holds a run; continue it with resume=true (distillir train "
-                              "--resume), or choose another output_dir")
-        out = self.prepare_output_dir(config)
-        seed_everything(config.seed)
+        out = self.start(config)
         self.callbacks = list(callbacks)
         train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
                              seed=config.seed)
@@ -283,17 +273,16 @@ class Re2GRecipe(Recipe):
             raise ConfigError(f"{config.dataset}/{config.train_split}: no question has an answer to learn from")
         self.eval_ds = None
         if config.eval is not None:
-            self.eval_ds = load_dataset(config.eval.dataset or config.dataset, config.eval.split,
-                                        max_queries=config.eval.max_queries, seed=config.seed)
-            if self.eval_ds.corpus.fingerprint() == self.corpus.fingerprint():
-                self.eval_ds.corpus = self.corpus
+            self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
+                                           config.eval.max_queries, config.seed, self.corpus)
         self._encoder = None
+        stages = Stages(out / STAGES_DIR, "re2g")
         record = {}
-        record["candidates"] = self._stage(out, "candidates", lambda: self._candidates(config, out))
-        record["ranker"] = self._stage(out, "ranker", lambda: self._train_ranker(config, out))
-        record["e2e"] = self._stage(out, "e2e", lambda: self._end_to_end(config, out))
+        record["candidates"] = stages.run("candidates", lambda: self._candidates(config, out))
+        record["ranker"] = stages.run("ranker", lambda: self._train_ranker(config, out))
+        record["e2e"] = stages.run("e2e", lambda: self._end_to_end(config, out))
         if config.eval is not None:
-            record["eval"] = self._stage(out, "eval", lambda: self._evaluate(config, out))
+            record["eval"] = stages.run("eval", lambda: self._evaluate(config, out))
             write_json(out / METRICS_FILE, record["eval"])
         results = {"recipe": self.name, "output_dir": str(out), "train_questions": len(self.train_queries),
                    "final": {k: str(out / FINAL_DIR / k) for k in ("query_encoder", "ranker", "generator")},
@@ -303,24 +292,8 @@ class Re2GRecipe(Recipe):
 
     # ----------------------------------------------------------------------------------- stages
 
-    @staticmethod
-    def _stage(out: Path, name: str, fn) -> dict[str, Any]:
-        """Run a stage unless its marker says it finished; the marker is written last, atomically."""
-        marker = out / STAGES_DIR / f"{name}.json"
-        if marker.is_file():
-            logger.info("re2g: %s already done: skipping", name)
-            return {**json.loads(marker.read_text(encoding="utf-8")), "skipped": True}
-        logger.info("re2g: %s", name)
-        start = time.perf_counter()
-        info = fn()
-        info["wall_s"] = round(time.perf_counter() - start, 3)
-        write_json(marker, info)
-        return {**info, "skipped": False}
-
     def _start_encoder(self, config: Re2GConfig):
         """The dense retriever to start from: separate towers, the passage tower frozen (it builds the index)."""
-        from distillir.retrievers.dense.encoder import BiEncoder
-
         r = config.retrieval
         encoder = BiEncoder.from_pretrained(r.query_encoder, shared=False, query_max_length=r.query_max_length,
                                             passage_max_length=r.passage_max_length)
@@ -328,14 +301,10 @@ class Re2GRecipe(Recipe):
         return encoder
 
     def _dense(self, encoder, corpus, config: Re2GConfig):
-        from distillir.retrievers.dense.retriever import DenseRetriever
-
         r = config.retrieval
         return DenseRetriever.build(corpus, encoder, batch_size=r.batch_size, dtype=r.dtype, cache=True)
 
     def _candidates(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
-        from distillir.retrievers.bm25 import bm25_cached
-
         r = config.retrieval
         d = out / "candidates"
         encoder = self._start_encoder(config)
@@ -359,8 +328,6 @@ class Re2GRecipe(Recipe):
         return info
 
     def _lists(self, path: Path) -> list[CandidateList]:
-        from distillir.readers.fid import load_fid_examples
-
         lists = []
         for ex in load_fid_examples(path):
             if ex.get("answers") and ex["ctxs"]:
@@ -369,24 +336,19 @@ class Re2GRecipe(Recipe):
         return lists
 
     def _train_ranker(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
-        from distillir.data.answers import has_answer
-        from distillir.data.negatives import TrainingExample
-        from distillir.rankers.cross_encoder import CrossEncoder
-        from distillir.recipes.cross_encoder import train_ranker
-
         cfg = config.ranker
         if cfg.steps == 0:
             return {"ranker": cfg.model, "trained": False}
-        examples = []
-        for ex in self._lists(out / "candidates" / "train.jsonl"):
+        gold = self.gold or {}
+
+        def is_positive(qid: str, pid: str) -> bool:
             if cfg.positives == "gold":
-                gold = set((self.gold or {}).get(ex.qid, {}))
-                pos = [p for p in ex.pids if p in gold]
-            else:
-                pos = [p for p in ex.pids if has_answer(ex.answers, self.corpus.texts[self.corpus.index_of[p]])]
-            neg = [p for p in ex.pids if p not in pos]
-            if pos and neg:
-                examples.append(TrainingExample(ex.qid, ex.question, pos, neg))
+                return pid in gold.get(qid, {})
+            return has_answer(answers[qid], self.corpus.texts[self.corpus.index_of[pid]])
+
+        lists = self._lists(out / "candidates" / "train.jsonl")
+        answers = {ex.qid: ex.answers for ex in lists}
+        examples = labelled_lists(((ex.qid, ex.question, ex.pids) for ex in lists), is_positive)
         if not examples:
             raise InputError(out / "candidates" / "train.jsonl",
                              f"no training question has both a positive ({cfg.positives}) and a negative candidate")
@@ -402,10 +364,6 @@ class Re2GRecipe(Recipe):
         return str(out / "ranker" / FINAL_DIR) if config.ranker.steps > 0 else config.ranker.model
 
     def _end_to_end(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
-        from distillir.rankers.cross_encoder import CrossEncoder
-        from distillir.retrievers.dense.encoder import encode_corpus_cached
-        from distillir.training.trainer import Trainer, TrainingArguments
-
         e = config.e2e
         lists = self._lists(out / "candidates" / "train.jsonl")
         encoder = self._start_encoder(config)
@@ -427,7 +385,7 @@ class Re2GRecipe(Recipe):
         args = TrainingArguments.from_config(e.trainer, output_dir=out / "e2e", seed=config.seed,
                                              resume=config.resume)
         trainer = Trainer(model, args, lists, Re2GCollator(ranker, encoder, self.corpus, embeddings),
-                          loss_fn=Re2GLoss(lists, self.corpus, collate, e, scale), param_groups=groups,
+                          loss_fn=Re2GStep(lists, self.corpus, collate, e, scale), param_groups=groups,
                           callbacks=self.callbacks)
         summary = trainer.train()
         final = out / FINAL_DIR
@@ -437,15 +395,6 @@ class Re2GRecipe(Recipe):
         return {"train": summary, "lists": len(lists), "scale": scale}
 
     def _evaluate(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
-        import torch
-
-        from distillir.evaluation.qa import evaluate_answers
-        from distillir.rankers.cross_encoder import CrossEncoder
-        from distillir.readers.fid import FiDReader, batched
-        from distillir.readers.rag import marginal_generate
-        from distillir.retrievers.bm25 import bm25_cached
-        from distillir.retrievers.dense.encoder import BiEncoder
-
         r, ev, e = config.retrieval, config.eval, config.e2e
         final = out / FINAL_DIR
         encoder = BiEncoder.from_pretrained(final / "query_encoder")
@@ -463,31 +412,19 @@ class Re2GRecipe(Recipe):
         generator = FiDReader.from_pretrained(final / "generator", n_passages=e.n_generate,
                                               passage_max_length=config.generator.passage_max_length,
                                               answer_max_length=config.generator.answer_max_length)
-        generator.eval()
         qids = [q for q in ds.queries.ids if reranked.get(q)]
         if ev.reader_max_queries is not None:
             qids = qids[: ev.reader_max_queries]
-        collate = generator.collator(e.n_generate, labels=False)
-        predictions: dict[str, str] = {}
-        for chunk in batched(qids, ev.batch_size):
-            examples, weights = [], []
-            for qid in chunk:
-                hits = reranked[qid][: e.n_generate]
-                row = ds.queries.index_of[qid]
-                examples.append({"id": qid, "question": ds.queries.texts[row], "ctxs": [
-                    {"id": pid, "title": ds.corpus.titles[ds.corpus.index_of[pid]],
-                     "text": ds.corpus.texts[ds.corpus.index_of[pid]]} for pid, _ in hits]})
-                scores = torch.tensor([s for _, s in hits] + [float("-inf")] * (e.n_generate - len(hits)))
-                weights.append(torch.log_softmax(scores, dim=0))
-            batch = collate(examples).to(generator.device)
-            answers = marginal_generate(generator, batch, torch.stack(weights).to(generator.device),
-                                        max_new_tokens=config.generator.answer_max_length)
-            predictions.update(zip(batch.qids, answers))
+        examples = [{"id": qid, "question": ds.queries.texts[ds.queries.index_of[qid]],
+                     "ctxs": [{**ds.corpus.passage(pid), "score": score} for pid, score in reranked[qid][: e.n_generate]]}
+                    for qid in qids]
+        predictions = predict_marginal(generator, examples, batch_size=ev.batch_size, n_passages=e.n_generate,
+                                       max_new_tokens=config.generator.answer_max_length)
         write_json(out / "eval" / "predictions.json", predictions)
         metrics["generator"] = evaluate_answers(predictions, ds.queries.subset(qids))
-        start = json.loads((out / STAGES_DIR / "candidates.json").read_text(encoding="utf-8")).get("metrics", {})
+        start = (read_json(out / STAGES_DIR / "candidates.json") or {}).get("metrics", {})
         return {"metrics": {**start, **metrics}}
 
 
-__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GLoss", "Re2GRecipe", "merged_candidates",
+__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep", "merged_candidates",
            "top_candidates"]

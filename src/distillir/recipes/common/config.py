@@ -1,0 +1,121 @@
+"""Config blocks recipes share: the training split, evaluation sections, the reader, the ranker warm-up.
+
+Each is a dataclass section of a recipe's config (`load_config` checks its keys and types); a recipe with
+other defaults subclasses or declares its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from distillir.errors import ConfigError
+from distillir.models import DEFAULT_ENCODER
+from distillir.training.trainer import TrainConfig, check_max_grad_norm
+
+
+@dataclass
+class TrainSplit:
+    """The labelled split to train on."""
+
+    dataset: str = "scifact"  # a known name or a dataset directory (BEIR or squad-open layout)
+    split: str = "train"
+    max_train_queries: int | None = None  # a seeded sample of the split's queries
+
+
+@dataclass
+class RerankEvalConfig:
+    """Re-rank a first stage's top-k on a labelled split and report both runs' metrics."""
+
+    dataset: str
+    split: str = "test"
+    max_queries: int | None = None  # a seeded sample, for quick looks
+    first_stage: str = "bm25"  # "bm25", or a run file (TREC or JSONL) over the split's queries
+    depth: int = 100  # first-stage depth evaluated (and re-ranked passages kept ahead of the rest)
+    top_k: int = 100  # passages re-ranked per query
+    batch_size: int = 64
+
+
+def check_head_learning_rate(head_learning_rate: float | None) -> None:
+    if head_learning_rate is not None and head_learning_rate <= 0:
+        raise ConfigError(f"head_learning_rate must be positive, got {head_learning_rate}")
+
+
+def check_list_size(list_size: int) -> None:
+    if list_size < 2:
+        raise ConfigError(f"list_size must be at least 2 (a positive and a negative), got {list_size}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate the trained retriever on a labelled split (dense index over the split's corpus)."""
+
+    dataset: str
+    split: str = "test"
+    max_queries: int | None = None  # a seeded sample, for quick looks
+    top_k: int = 100
+    batch_size: int = 64  # encoding batch size
+    baseline: bool = False  # also evaluate the model before training, for the side-by-side every paper shows
+
+
+@dataclass
+class PipelineEvalConfig(EvalConfig):
+    """Evaluate the retriever (dense index over the split's corpus); with `rerank_top_k`, also the re-ranker
+    re-ranking the retriever's top-k."""
+
+    rerank_top_k: int = 0  # 0: evaluate the retriever only
+
+
+@dataclass
+class RankerWarmup:
+    """Train the re-ranker alone on the undenoised lists before it denoises and teaches (0 steps: skip)."""
+
+    steps: int = 0
+    learning_rate: float = 2e-5
+    head_learning_rate: float | None = None  # a fresh classifier head's peak rate (None: learning_rate)
+    # The ranker trains alone here, so clipping cannot shrink a retriever's steps (as it would in joint
+    # training); a fresh head at a high rate is trained clipped, as in the cross-encoder recipe.
+    max_grad_norm: float | None = 1.0  # None: no clipping
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.learning_rate <= 0:
+            raise ConfigError(f"need steps >= 0 and learning_rate > 0, got {self.steps}, {self.learning_rate}")
+        check_max_grad_norm(self.max_grad_norm)
+        check_head_learning_rate(self.head_learning_rate)
+
+
+@dataclass
+class ReaderConfig:
+    """A seq2seq reader (FiD-KD's reader, Re2G's generator, DGR's identifier generator): how it is built, its
+    input lengths, and how it is trained and run."""
+
+    # encoder-decoder: EncoderDecoderModel warm-started from the BERT-like encoder `model` (cross-attention new);
+    # pretrained: any HF seq2seq model id or path (t5-base, bart-base, a saved FiDReader);
+    # t5-config: a randomly initialised T5 sized by `t5` with `model`'s tokenizer.
+    init: Literal["encoder-decoder", "pretrained", "t5-config"] = "encoder-decoder"
+    model: str = DEFAULT_ENCODER
+    num_layers: int | None = None  # encoder-decoder: keep only the first N layers (encoder and decoder)
+    t5: dict[str, Any] = field(default_factory=dict)  # t5-config: T5Config fields (d_model, num_layers, ...)
+    passage_max_length: int = 200  # tokens of "question: q title: t context: p" (paper: 200-250)
+    answer_max_length: int = 32
+    answer_choice: Literal["first", "random"] = "random"  # training target among several answers (FiD: random)
+    capture: Literal["logits", "eager"] = "logits"  # how teacher attention is read (see FiDReader)
+    gradient_checkpointing: bool = False
+    warm_start_next_round: bool = True  # round k > 1 continues round k-1's reader
+    batch_size: int = 8  # questions per batch when predicting answers and scoring passages
+    num_beams: int = 1
+    inference_dtype: Literal["float32", "bfloat16"] = "float32"  # autocast for prediction and scoring (GPU)
+    trainer: TrainConfig = field(
+        default_factory=lambda: TrainConfig(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.05,
+                                            per_device_batch_size=4)
+    )
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_beams < 1:
+            raise ConfigError("batch_size and num_beams must be at least 1")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"num_layers must be at least 1 (or null), got {self.num_layers}")
+
+
+__all__ = ["EvalConfig", "PipelineEvalConfig", "RankerWarmup", "ReaderConfig", "RerankEvalConfig", "TrainSplit",
+           "check_head_learning_rate", "check_list_size"]

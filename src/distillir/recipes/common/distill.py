@@ -1,0 +1,233 @@
+"""The student side of list distillation, shared by every recipe that distils teacher scores into a
+bi-encoder (FiD-KD's reader teacher, answer strings, score files; Re2G's online distillation uses its scores):
+teacher targets per list, the list collator, the student's list scores, the loss, and student-teacher agreement.
+
+For a question with candidate list P_q, the student scores S_i = similarity(q, p_i) over its own list and is
+trained on loss(S, T): KL (the FiD-KD paper's best), MSE or max-margin, optionally with the batch's other
+lists as negatives at teacher probability 0 (`losses.InBatchListLoss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillir.errors import ConfigError, InputError
+from distillir.losses import KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
+from distillir.models import local_model_dir
+from distillir.retrievers.dense.encoder import SETTINGS_FILE, BiEncoder
+
+
+@dataclass
+class ListExample:
+    """One question's candidate list and its teacher scores: what the retriever is distilled on."""
+
+    qid: str
+    query: str
+    pids: list[str]
+    scores: list[float]
+
+
+def teacher_targets(values: Sequence[float], normalize: str = "none", scale: float = 1.0) -> list[float]:
+    """One question's distillation targets from its raw teacher scores (see `FiDKDTeacher.normalize`)."""
+    values = [float(v) for v in values]
+    if normalize == "zscore" and values:
+        mean = math.fsum(values) / len(values)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+        values = [(v - mean) / std if std > 0 else 0.0 for v in values]
+    elif normalize not in ("none", "zscore"):
+        raise ConfigError(f"unknown teacher score normalization {normalize!r}; choose none or zscore")
+    return [scale * v for v in values]
+
+
+def list_examples(scores, queries=None, corpus=None, source: str | Path | None = None, *, normalize: str = "none",
+                  scale: float = 1.0) -> list[ListExample]:
+    """`ListExample`s from `TeacherScores`, in file order, with targets from `teacher_targets`. The question
+    text comes from the score file's `query` field, else from `queries` (by qid); every pid must be in
+    `corpus` when given."""
+    examples = []
+    for qid, (pids, values) in scores.items():
+        text = scores.queries.get(qid)
+        if text is None and queries is not None and qid in queries.index_of:
+            text = queries.texts[queries.index_of[qid]]
+        if text is None:
+            raise InputError(source, f"question {qid!r} has no query text in the file nor in the training split",
+                             field="query")
+        if corpus is not None:
+            unknown = [p for p in pids if p not in corpus]
+            if unknown:
+                raise InputError(source, f"question {qid!r}: passages not in the corpus: {unknown[:3]}", field="pids")
+        if pids:
+            examples.append(ListExample(qid, text, list(pids), teacher_targets(values, normalize, scale)))
+    return examples
+
+
+class ListCollator:
+    """ListExamples -> {"query", "passage", "teacher", "mask"}.
+
+    Passages are the lists concatenated, each padded to the batch's longest list with empty passages (masked
+    out), so `encode_passage(batch["passage"])` reshapes to (B, n, dim). teacher, mask: (B, n).
+    """
+
+    def __init__(self, encoder, corpus, passage_embeddings=None):
+        """`passage_embeddings` (len(corpus), dim), in corpus order: give them (a frozen passage tower) and
+        batches carry "passage_embeddings" (B, n, dim) instead of passage tokens."""
+        self.encoder = encoder
+        self.corpus = corpus
+        self.passage_embeddings = passage_embeddings
+
+    def __call__(self, examples: Sequence[ListExample]) -> dict[str, Any]:
+        width = max(len(ex.pids) for ex in examples)
+        if self.passage_embeddings is not None:
+            emb = self.passage_embeddings
+            rows = torch.zeros(len(examples), width, dtype=torch.long)
+            mask = torch.zeros(len(examples), width, dtype=torch.bool)
+            teacher = torch.zeros(len(examples), width, dtype=torch.float32)
+            for i, ex in enumerate(examples):
+                n = len(ex.pids)
+                rows[i, :n] = torch.tensor([self.corpus.index_of[pid] for pid in ex.pids])
+                mask[i, :n] = True
+                teacher[i, :n] = torch.tensor(list(ex.scores), dtype=torch.float32)
+            return {
+                "query": self.encoder.tokenize_queries([ex.query for ex in examples]),
+                "passage_embeddings": emb[rows] * mask.unsqueeze(-1),
+                "teacher": teacher,
+                "mask": mask,
+            }
+        titles, texts, teacher, mask = [], [], [], []
+        for ex in examples:
+            for pid in ex.pids:
+                row = self.corpus.index_of[pid]
+                titles.append(self.corpus.titles[row])
+                texts.append(self.corpus.texts[row])
+            pad = width - len(ex.pids)
+            titles += [""] * pad
+            texts += [""] * pad
+            teacher.append(list(ex.scores) + [0.0] * pad)
+            mask.append([True] * len(ex.pids) + [False] * pad)
+        return {
+            "query": self.encoder.tokenize_queries([ex.query for ex in examples]),
+            "passage": self.encoder.tokenize_passages(titles, texts),
+            "teacher": torch.tensor(teacher, dtype=torch.float32),
+            "mask": torch.tensor(mask, dtype=torch.bool),
+        }
+
+
+def list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
+    """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list;
+    `cross`: (B, B, n), question b with every list c of the batch (c = b: its own)."""
+    q = encoder.encode_query(batch["query"])
+    if "passage_embeddings" in batch:  # a frozen passage tower's precomputed embeddings
+        p = batch["passage_embeddings"].to(q.device)
+    else:
+        p = encoder.encode_passage(batch["passage"])
+        p = p.view(q.shape[0], -1, p.shape[-1])
+    # In float32 even under mixed precision: scaled scores (x20) lose too many digits in bf16.
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        pattern = "bd,cnd->bcn" if cross else "bd,bnd->bn"
+        return torch.einsum(pattern, q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
+
+
+def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
+    """The FiD-KD objectives: "kl" (the paper's best), "mse", "margin"; each takes (S, T, mask)."""
+    if name == "kl":
+        return KLDivergenceLoss(temperature=temperature)
+    if name == "mse":
+        return MSEDistillLoss()
+    if name == "margin":
+        return MaxMarginDistillLoss(margin=margin)
+    raise ConfigError(f"unknown distillation loss {name!r}; choose kl, mse or margin")
+
+
+class ListDistillLoss:
+    """Trainer `loss_fn`: loss(S, T, mask) over each question's own list, plus, given `in_batch` (an
+    `InBatchListLoss`), the other lists of the batch as negatives."""
+
+    def __init__(self, loss, in_batch=None):
+        self.loss = loss
+        self.in_batch = in_batch
+
+    def __call__(self, model, batch):
+        if self.in_batch is None:
+            return self.loss(list_scores(model, batch), batch["teacher"], batch["mask"])
+        cross = list_scores(model, batch, cross=True)
+        own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
+        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"])
+
+
+def _ranks(values):
+    return torch.argsort(torch.argsort(values)).float()
+
+
+def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, temperature: float = 1.0,
+                      batch_size: int = 16, passage_embeddings=None) -> dict[str, float]:
+    """How closely the student's scores follow the teacher's over each list (no gradient, eval mode):
+
+    kl: mean KL(softmax(T / tau) || softmax(S / tau)) (lower is better); spearman: mean rank correlation of S
+    and T (lists of 2+ passages); top1: fraction of lists where the student's best passage is the teacher's.
+    """
+    if not examples:
+        return {"lists": 0, "kl": float("nan"), "spearman": float("nan"), "top1": float("nan")}
+    collate = ListCollator(encoder, corpus, passage_embeddings)
+    was_training = encoder.training
+    encoder.eval()
+    device = encoder.inference_device()
+    encoder.to(device)
+    kl_sum = rho_sum = top1 = 0.0
+    rho_count = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start:start + batch_size]
+                batch = collate(chunk)
+                student = list_scores(encoder, batch).float().cpu()
+                for i, ex in enumerate(chunk):
+                    n = len(ex.pids)
+                    s, t = student[i, :n], torch.tensor(ex.scores, dtype=torch.float32)
+                    log_p_t = torch.log_softmax(t / temperature, -1)
+                    log_p_s = torch.log_softmax(s / temperature, -1)
+                    kl_sum += float((log_p_t.exp() * (log_p_t - log_p_s)).sum())
+                    top1 += float(int(s.argmax()) == int(t.argmax()))
+                    if n > 1:
+                        rs, rt = _ranks(s), _ranks(t)
+                        rs, rt = rs - rs.mean(), rt - rt.mean()
+                        denom = float(rs.norm() * rt.norm())
+                        if denom > 0:
+                            rho_sum += float((rs * rt).sum()) / denom
+                            rho_count += 1
+    finally:
+        encoder.train(was_training)
+    n = len(examples)
+    return {"lists": n, "kl": kl_sum / n, "spearman": rho_sum / rho_count if rho_count else float("nan"),
+            "top1": top1 / n}
+
+
+def build_student(cfg, path: str | Path | None = None):
+    """The bi-encoder to distil into: `cfg.model` (a retriever section: model, shared, normalize, scale, lengths,
+    train_passages) with the configured settings, or a saved student at `path`."""
+    if path is not None:
+        encoder = BiEncoder.from_pretrained(path)
+        if not cfg.train_passages:
+            encoder.freeze_passage_tower()
+        return encoder
+    encoder = BiEncoder.from_pretrained(cfg.model, shared=cfg.shared, normalize=cfg.normalize, scale=cfg.scale,
+                                        query_max_length=cfg.query_max_length,
+                                        passage_max_length=cfg.passage_max_length)
+    if not cfg.train_passages:
+        encoder.freeze_passage_tower()
+
+    # The default scale, unless the model is a distillir encoder that already records its own.
+    if cfg.scale is None and not (local_model_dir(cfg.model) / SETTINGS_FILE).is_file():
+        scale = 20.0 if encoder.settings.normalize else 1.0 / math.sqrt(encoder.dim)
+        encoder.settings = dataclasses.replace(encoder.settings, scale=scale)
+    return encoder
+
+
+__all__ = ["ListCollator", "ListDistillLoss", "ListExample", "build_student", "distillation_loss", "list_examples",
+           "list_scores", "teacher_agreement", "teacher_targets"]
