@@ -187,3 +187,39 @@ def test_config_checks():
         load_config(Re2GConfig, None, ["e2e.n_generate=0"])
     for name in ("re2g-squad-cpu.yaml", "re2g-gpu.yaml"):
         load_config(Re2GConfig, Path(__file__).resolve().parents[1] / "configs" / name, [])
+
+
+def test_rag_token_and_sequence_marginals_by_hand(reader):
+    """Distinct passages, non-uniform weights: each passage's per-token log-probs from reading it alone, then
+    RAG-sequence log sum_k w_k prod_t p_k,t and RAG-token sum_t log sum_k w_k p_k,t computed with `math`."""
+    from distillir.models.seq2seq import token_log_likelihood
+
+    passages = [{"id": "a", "title": "Volcano", "text": "The survey was led by Alvarez."},
+                {"id": "b", "title": "Comet", "text": "Comets are beautiful."},
+                {"id": "c", "title": "Glacier", "text": "Bertrand led the glacier survey in 1902."}]
+    weights = [0.5, 0.2, 0.3]
+    torch.manual_seed(0)  # a small random T5 reads its passages: their likelihoods differ clearly
+    reader = FiDReader.from_config(reader.tokenizer, d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2,
+                                   settings={"passage_max_length": 24, "answer_max_length": 6}).eval()
+    for param in reader.model.parameters():
+        param.data.mul_(4.0)
+    reader3 = FiDReader(reader.model, reader.tokenizer, n_passages=3, passage_max_length=24, answer_max_length=6)
+    batch = reader3.collator(3, labels=True)([{"id": "q", "question": "who led the survey", "answers": ["Alvarez"],
+                                                "ctxs": passages}])
+    with torch.no_grad():
+        per_token = []
+        for p in passages:
+            alone = reader.collator(1, labels=True)([{"id": "q", "question": "who led the survey",
+                                                       "answers": ["Alvarez"], "ctxs": [p]}])
+            logits = reader(**alone.model_inputs()).logits
+            values = token_log_likelihood(logits, alone.labels)[0]
+            per_token.append([v for v, keep in zip(values.tolist(), (alone.labels[0] != -100).tolist()) if keep])
+        log_w = torch.tensor(weights).log()[None]
+        sequence = marginal_log_likelihood(reader3, batch, log_w, "sequence")[0].item()
+        token = marginal_log_likelihood(reader3, batch, log_w, "token")[0].item()
+    want_sequence = math.log(sum(w * math.exp(sum(lp)) for w, lp in zip(weights, per_token)))
+    want_token = sum(math.log(sum(w * math.exp(lp[t]) for w, lp in zip(weights, per_token)))
+                     for t in range(len(per_token[0])))
+    assert sequence == pytest.approx(want_sequence, abs=1e-4)
+    assert token == pytest.approx(want_token, abs=1e-4)
+    assert abs(token - sequence) > 0.1  # distinct passages: mixing per token and per sequence differ
