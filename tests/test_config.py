@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from distillir.errors import ConfigError
+from distillir.training.arguments import TrainConfig
 from distillir.training.config import config_diff, config_from_dict, config_to_dict, load_config, save_config
-from distillir.training.trainer import TrainConfig
 
 
 @dataclass

@@ -13,7 +13,7 @@ from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.dpr import DPRConfig, DPRRecipe
 from distillir.training.checkpoint import list_checkpoints
 from distillir.training.config import load_config
-from distillir.training.trainer import TrainerCallback
+from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from distillir.recipes.common.distill import (
 from distillir.recipes.fid_kd import STAGES, FiDKDConfig, FiDKDRecipe
 from distillir.training.checkpoint import list_checkpoints
 from distillir.training.config import load_config
-from distillir.training.trainer import TrainerCallback
+from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 

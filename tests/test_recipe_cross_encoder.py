@@ -15,7 +15,7 @@ from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.common.ranking import CandidateListCollator
 from distillir.recipes.cross_encoder import CrossEncoderConfig, CrossEncoderRecipe
 from distillir.training.config import load_config
-from distillir.training.trainer import TrainerCallback
+from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = ["volcano", "glacier", "protein", "galaxy", "bacteria", "river", "neuron", "comet"]

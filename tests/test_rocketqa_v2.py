@@ -38,7 +38,8 @@ def test_gradients_reach_the_ranker_only_when_dynamic(mode, tiny_bert_dir, tiny_
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.recipes.common.ranking import CandidateListCollator
     from distillir.retrievers.dense.encoder import BiEncoder
-    from distillir.training.trainer import Trainer, TrainingArguments
+    from distillir.training.arguments import TrainingArguments
+    from distillir.training.trainer import Trainer
 
     torch.manual_seed(0)
     retriever = BiEncoder.from_pretrained(tiny_bert_dir, shared=False, query_max_length=16, passage_max_length=24)

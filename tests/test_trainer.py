@@ -16,15 +16,10 @@ from torch import nn
 
 from distillir.errors import ConfigError
 from distillir.losses.contrastive import ContrastiveLoss
+from distillir.training.arguments import TrainConfig, TrainingArguments
 from distillir.training.checkpoint import list_checkpoints, load_checkpoint
-from distillir.training.trainer import (
-    TrainConfig,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    epoch_permutation,
-    linear_schedule,
-)
+from distillir.training.state import TrainerCallback, epoch_permutation, linear_schedule
+from distillir.training.trainer import Trainer
 
 PAIRS = [
     (f"question number {i} about topic {i % 5}", f"passage {i} explains topic {i % 5} in detail")

@@ -72,7 +72,9 @@ from distillir.recipes.common.run import (
     read_phase_summary,
 )
 from distillir.retrievers.dense.encoder import BiEncoder
-from distillir.training.trainer import TrainConfig, Trainer, process_state
+from distillir.training.arguments import TrainConfig
+from distillir.training.state import process_state
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

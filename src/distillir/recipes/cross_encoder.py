@@ -30,7 +30,8 @@ from distillir.recipes.common.config import RerankEvalConfig, TrainSplit, check_
 from distillir.recipes.common.lists import LISTS_FILE, mined_training_lists
 from distillir.recipes.common.ranking import evaluate_rerank, first_stage_run, train_ranker
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
-from distillir.training.trainer import TrainConfig, process_state
+from distillir.training.arguments import TrainConfig
+from distillir.training.state import process_state
 from distillir.utils.io import write_json
 
 # ------------------------------------------------------------------------------------------- config

@@ -46,7 +46,8 @@ from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Re
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
 from distillir.teachers.scores import TeacherScores, read_teacher_scores
-from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
+from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

@@ -27,7 +27,9 @@ from distillir.recipes.common.retrieval import evaluate_dense
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder
-from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments, process_state
+from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.state import process_state
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

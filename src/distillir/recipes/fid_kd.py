@@ -80,7 +80,8 @@ from distillir.retrievers.dense.encoder import encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import read_teacher_scores
-from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
+from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

@@ -50,7 +50,8 @@ from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import reciprocal_rank_fusion
-from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
+from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

@@ -57,7 +57,9 @@ from distillir.recipes.common.retrieval import (
     retriever_list_scores,
 )
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe, read_json, saved_baseline
-from distillir.training.trainer import TrainConfig, Trainer, process_state
+from distillir.training.arguments import TrainConfig
+from distillir.training.state import process_state
+from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

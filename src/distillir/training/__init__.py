@@ -12,10 +12,10 @@ import importlib
 
 _LAZY = {
     "Trainer": "trainer",
-    "TrainingArguments": "trainer",
-    "TrainConfig": "trainer",
-    "TrainerCallback": "trainer",
-    "TrainerState": "trainer",
+    "TrainingArguments": "arguments",
+    "TrainConfig": "arguments",
+    "TrainerCallback": "state",
+    "TrainerState": "state",
     "load_config": "config",
     "config_from_dict": "config",
     "config_to_dict": "config",

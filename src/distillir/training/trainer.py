@@ -19,13 +19,11 @@ wraps, so gradients are synchronised whichever methods it calls.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,156 +31,25 @@ from torch import Tensor, nn
 
 from distillir.errors import ConfigError
 from distillir.training import checkpoint as ckpt
-from distillir.utils.io import append_jsonl, atomic_write
+from distillir.training.arguments import TrainingArguments
+from distillir.training.state import (
+    LossOutput,
+    TrainerCallback,
+    TrainerState,
+    _has_accelerator,
+    epoch_permutation,
+    linear_schedule,
+    resolve_mixed_precision,
+    split_loss,
+    trim_log,
+)
+from distillir.utils.io import append_jsonl
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
 LOG_FILE = "log.jsonl"
 
-MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
-
-
-@dataclass
-class TrainConfig:
-    """How to optimise: the `trainer:` section of every recipe config."""
-
-    learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0  # when > 0, wins over warmup_ratio
-    warmup_ratio: float = 0.0
-    max_steps: int | None = None  # optimizer steps; when set, wins over num_epochs
-    num_epochs: int = 1
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 1.0
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that supports it, else no
-    save_steps: int = 500  # 0: no checkpoints at all
-    save_total_limit: int | None = 2
-    log_steps: int = 10
-    # Multi-process only: tolerate parameters a step leaves without gradient (a BERT pooler the loss never
-    # reads, the idle model of an AR2 phase). False saves a graph walk per step when every parameter is used.
-    ddp_find_unused_parameters: bool = True
-    cpu: bool = False  # train on CPU even when a GPU is there
-
-    def __post_init__(self) -> None:
-        positive = ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "log_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1 (or null to use num_epochs), got {self.max_steps}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for name in ("warmup_steps", "save_steps", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ConfigError(f"save_total_limit must be at least 1 (or null to keep all), got {self.save_total_limit}")
-        check_max_grad_norm(self.max_grad_norm)
-
-
-def check_max_grad_norm(max_grad_norm: float | None) -> None:
-    # A negative norm would flip every gradient's sign in clip_grad_norm_; 0 would read as "no clipping".
-    if max_grad_norm is not None and max_grad_norm <= 0:
-        raise ConfigError(f"max_grad_norm must be positive (or null: no clipping), got {max_grad_norm}")
-
-
-@dataclass(kw_only=True)
-class TrainingArguments(TrainConfig):
-    """A `TrainConfig` plus where the run lives, its seed, and whether to continue its last checkpoint."""
-
-    output_dir: str | Path
-    seed: int = 42
-    resume: bool = False
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, *, output_dir: str | Path, seed: int, resume: bool = False):
-        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
-        return cls(**values, output_dir=output_dir, seed=seed, resume=resume)
-
-
-@dataclass
-class TrainerState:
-    """Where training is. Saved in every checkpoint as trainer_state.json."""
-
-    global_step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
-    max_steps: int = 0
-    steps_per_epoch: int = 0
-    elapsed: float = 0.0  # seconds spent training, summed over resumed runs
-    num_examples: int = 0
-    global_batch_size: int = 0
-    num_processes: int = 1
-    last_loss: float | None = None
-    should_stop: bool = False  # a callback may set it to end training after the current step
-
-
-class TrainerCallback:
-    """Hooks into the loop; override the ones you need. Every hook runs on every process."""
-
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        """After each optimizer step (trainer.state.global_step is the step just taken)."""
-
-    def on_epoch_end(self, trainer: Trainer) -> None:
-        """After the last step of an epoch (trainer.state.epoch is the epoch just finished)."""
-
-    def on_save(self, trainer: Trainer, checkpoint_dir: Path) -> None:
-        """While a checkpoint is being written (main process only): add files to `checkpoint_dir`;
-        they are published atomically with the rest of the checkpoint."""
-
-    def on_resume(self, trainer: Trainer, checkpoint_dir: Path) -> None:
-        """After the trainer restored `checkpoint_dir`: read back what `on_save` wrote."""
-
-    def on_train_end(self, trainer: Trainer) -> None: ...
-
-
-LossOutput = Tensor | Mapping[str, Tensor]
-
-
-def resolve_mixed_precision(value: str) -> str:
-    """'auto' becomes bf16 on a CUDA GPU that supports it, else 'no'."""
-    if value == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return value
-
-
-def _has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)  # torch >= 2.6 knows CUDA, MPS, XPU, ... in one place
-    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
-
-
-def process_state(cpu: bool = False):
-    """Accelerate's process state, set up the way the Trainer sets it up (gloo on CPU under torchrun).
-
-    Recipes that ask "am I the main process?" before building a Trainer must use this: the first caller
-    fixes the state for the whole process, and a plain `PartialState()` on a CPU machine under torchrun
-    would settle on a single process.
-    """
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu or not _has_accelerator())
-
-
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the examples in `epoch`: depends on nothing but (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier: rising linearly to 1 over the warmup, then falling linearly to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)  # never exactly 0, so step 1 already moves the weights
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
 
 
 class _LossForward(nn.Module):
@@ -384,7 +251,7 @@ class Trainer:
 
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._trim_log(self.state.global_step)
+            trim_log(self.output_dir / LOG_FILE, self.state.global_step)
         self.model.train()
         self.on_train_begin()
         bar = tqdm(total=self.state.max_steps, initial=self.state.global_step, desc="train",
@@ -443,7 +310,7 @@ class Trainer:
             batch = self._micro_batch(micro)
             with acc.accumulate(ddp_model):
                 output = ddp_model(batch)
-                loss, parts = _split_loss(output)
+                loss, parts = split_loss(output)
                 acc.backward(loss)  # divides by gradient_accumulation_steps
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -491,21 +358,6 @@ class Trainer:
             append_jsonl(self.output_dir / LOG_FILE, row)
         return row
 
-    def _trim_log(self, step: int) -> None:
-        """On resume, drop log lines of steps after the checkpoint: they are about to be redone."""
-        path = self.output_dir / LOG_FILE
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        with atomic_write(path) as f:
-            f.write("".join(f"{line}\n" for line in kept))
-
     # ------------------------------------------------------------------------------- checkpoints
 
     def save_checkpoint(self) -> Path:
@@ -550,13 +402,3 @@ class Trainer:
         ckpt.restore_rng_state(rng[index % len(rng)])
         self.on_resume(path)
         logger.info("resumed from %s (step %d of %d)", path, s.global_step, s.max_steps)
-
-
-def _split_loss(output: LossOutput) -> tuple[Tensor, dict[str, float]]:
-    """(the loss to minimise, detached float values to log) from a tensor or a {"loss": ...} dict."""
-    if isinstance(output, Tensor):
-        return output, {"loss": float(output.detach())}
-    if isinstance(output, Mapping) and isinstance(output.get("loss"), Tensor):
-        parts = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in output.items()}
-        return output["loss"], parts
-    raise TypeError(f"compute_loss must return a tensor or a dict with a 'loss' tensor, got {type(output).__name__}")

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
-from distillir.training.trainer import TrainConfig, check_max_grad_norm
+from distillir.training.arguments import TrainConfig, check_max_grad_norm
 
 
 @dataclass

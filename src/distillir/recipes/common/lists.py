@@ -19,7 +19,7 @@ from distillir.data.negatives import (
     write_training_lists,
 )
 from distillir.errors import InputError
-from distillir.training.trainer import process_state
+from distillir.training.state import process_state
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)

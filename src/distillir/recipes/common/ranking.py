@@ -27,7 +27,8 @@ from distillir.rankers.cross_encoder import CrossEncoder
 from distillir.recipes.common.config import RankerWarmup, RerankEvalConfig, check_head_learning_rate, check_list_size
 from distillir.recipes.common.run import FINAL_DIR, finish_phase, phase_done, read_phase_summary
 from distillir.retrievers.bm25 import bm25_cached
-from distillir.training.trainer import TrainConfig, Trainer, TrainingArguments
+from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.trainer import Trainer
 from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)

@@ -22,7 +22,7 @@ from distillir.readers.fid import FiDReader
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.run import seed_everything
 from distillir.teachers.scores import score_with_reader
-from distillir.training.trainer import TrainerCallback
+from distillir.training.state import TrainerCallback
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

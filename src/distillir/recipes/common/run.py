@@ -27,7 +27,7 @@ import yaml
 
 from distillir.errors import ConfigError
 from distillir.training.config import CONFIG_FILE, config_diff, config_to_dict, load_config, save_config
-from distillir.training.trainer import process_state
+from distillir.training.state import process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 

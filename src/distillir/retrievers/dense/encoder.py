@@ -11,54 +11,33 @@ title survives; a passage with an empty title is its text alone.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import local_model_dir, read_pooling_config
-from distillir.utils.io import atomic_dir, atomic_write, cache_dir, fingerprint_strings, write_json
+from distillir.models import local_model_dir
+from distillir.retrievers.dense.files import (
+    ENCODER_FORMAT,
+    PASSAGE_INPUT,
+    POOLINGS,
+    SETTINGS_FILE,
+    EncoderSettings,
+    read_settings,
+    write_encoder_files,
+)
+from distillir.retrievers.dense.inference import DTYPES, encode_corpus_cached, encode_features
+from distillir.utils.io import atomic_dir, fingerprint_strings
 
-SETTINGS_FILE = "distillir_encoder.json"
-ENCODER_FORMAT = 1
-POOLINGS = ("mean", "cls")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Bumped whenever tokenization or pooling code changes what a given model embeds; part of cache keys.
 _EMBEDDING_CODE_VERSION = "1"
-PASSAGE_INPUT = "pair(title, text)"  # see the module docstring
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """Everything besides weights and vocabulary that decides an embedding (saved in distillir_encoder.json).
-
-    `scale` multiplies every similarity: 1/temperature, or 1/sqrt(dim) for a sqrt(d)-scaled dot product.
-    """
-
-    shared: bool = True
-    pooling: str = "mean"
-    normalize: bool = False
-    scale: float = 1.0
-    query_max_length: int = 64
-    passage_max_length: int = 256
-
-    def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.query_max_length < 2 or self.passage_max_length < 2:
-            raise ConfigError("query_max_length and passage_max_length must be at least 2 tokens")
-        if not self.scale > 0:
-            raise ConfigError(f"scale must be positive, got {self.scale}")
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
@@ -169,28 +148,9 @@ class BiEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         directory = local_model_dir(name_or_path)
-        defaults: dict[str, Any] = {}
         saved = directory / SETTINGS_FILE
-        if saved.is_file():
-            stored = json.loads(saved.read_text(encoding="utf-8"))
-            defaults = {
-                k: v for k, v in stored.get("settings", {}).items() if k in EncoderSettings.__dataclass_fields__
-            }
-        else:
-            st = read_pooling_config(directory)
-            if st is not None:
-                defaults = {"pooling": st.pooling, "normalize": st.normalize}
-                if st.max_seq_length:
-                    defaults["passage_max_length"] = int(st.max_seq_length)
-        overrides = {
-            "shared": shared,
-            "pooling": pooling,
-            "normalize": normalize,
-            "scale": scale,
-            "query_max_length": query_max_length,
-            "passage_max_length": passage_max_length,
-        }
-        settings = EncoderSettings(**{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
+        settings = read_settings(directory, shared=shared, pooling=pooling, normalize=normalize, scale=scale,
+                                 query_max_length=query_max_length, passage_max_length=passage_max_length)
 
         saved_separate = (directory / "query").is_dir() and (directory / "passage").is_dir() and saved.is_file()
         if saved_separate and settings.shared:
@@ -226,45 +186,7 @@ class BiEncoder(nn.Module):
 
     def write_files(self, directory: Path) -> None:
         """The files of `save_pretrained`, into a directory being assembled (e.g. an index's encoder/)."""
-        directory = Path(directory)
-        if self.shared:
-            self.query_model.save_pretrained(directory)
-            self._write_sentence_transformers_files(directory)
-        else:
-            for sub, tower in (("query", self.query_model), ("passage", self.passage_model)):
-                tower.save_pretrained(directory / sub)
-                self.tokenizer.save_pretrained(directory / sub)  # each tower dir loads on its own
-        self.tokenizer.save_pretrained(directory)
-        write_json(
-            directory / SETTINGS_FILE,
-            {"format_version": ENCODER_FORMAT, "settings": asdict(self.settings), "passage_input": PASSAGE_INPUT},
-        )
-
-    def _write_sentence_transformers_files(self, directory: Path) -> None:
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.settings.normalize:
-            modules.append(
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-            )
-            (directory / "2_Normalize").mkdir(exist_ok=True)
-        write_json(directory / "modules.json", modules)
-        write_json(
-            directory / "1_Pooling" / "config.json",
-            {
-                "word_embedding_dimension": self.dim,
-                "pooling_mode_cls_token": self.settings.pooling == "cls",
-                "pooling_mode_mean_tokens": self.settings.pooling == "mean",
-                "pooling_mode_max_tokens": False,
-                "pooling_mode_mean_sqrt_len_tokens": False,
-            },
-        )
-        write_json(
-            directory / "sentence_bert_config.json",
-            {"max_seq_length": self.settings.passage_max_length, "do_lower_case": False},
-        )
+        write_encoder_files(self, directory)
 
     def _mark_on_disk(self, directory: Path) -> None:
         self._disk_path = Path(directory).resolve()
@@ -394,8 +316,9 @@ class BiEncoder(nn.Module):
         quantize: str | None = None,
         show_progress: bool = False,
     ) -> Tensor:
-        """(len(texts), dim) float32 CPU tensor, in input order. See `_encode_features` for options."""
-        return self._encode_features(
+        """(len(texts), dim) float32 CPU tensor, in input order. See `inference.encode_features` for options."""
+        return encode_features(
+            self,
             self.query_model, self._query_features(texts), batch_size, device, dtype, quantize, show_progress, "queries"
         )
 
@@ -410,7 +333,8 @@ class BiEncoder(nn.Module):
         show_progress: bool = False,
     ) -> Tensor:
         """(len(texts), dim) float32 CPU tensor, in input order."""
-        return self._encode_features(
+        return encode_features(
+            self,
             self.passage_model,
             self._passage_features(titles, texts),
             batch_size,
@@ -442,83 +366,6 @@ class BiEncoder(nn.Module):
             return current
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    def _encode_features(
-        self,
-        tower: nn.Module,
-        features: list[dict[str, list[int]]],
-        batch_size: int,
-        device: str | None,
-        dtype: str,
-        quantize: str | None,
-        show_progress: bool,
-        desc: str,
-    ) -> Tensor:
-        """Encode in length-sorted batches under inference_mode; rows come back in input order.
-
-        Moves the encoder to `device` (auto: cuda when available) and leaves it there. `dtype` bfloat16 or
-        float16 runs the towers under autocast (float16 on GPU only); `quantize="int8"` encodes with an
-        int8 dynamically quantized copy of the Linear layers (CPU only).
-        """
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if quantize not in (None, "int8"):
-            raise ConfigError(f"quantize must be None or 'int8', got {quantize!r}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        if not features:
-            return torch.empty((0, self.dim), dtype=torch.float32)
-        dev = self.inference_device(device)
-        if dtype == "float16" and dev.type == "cpu":
-            raise ConfigError("dtype float16 needs a GPU; on CPU use bfloat16 or quantize='int8'")
-        if quantize and dev.type != "cpu":
-            raise ConfigError("quantize='int8' is for CPU; on a GPU use dtype='float16' or 'bfloat16'")
-        if next(self.query_model.parameters()).device != dev or next(self.passage_model.parameters()).device != dev:
-            self.to(dev)
-        model = self._quantized_copy(tower) if quantize else tower
-        autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
-        # Allocated outside inference_mode so callers get an ordinary tensor they may modify.
-        out = torch.empty((len(features), int(tower.config.hidden_size)), dtype=torch.float32)
-        was_training = self.training
-        self.eval()
-        batches = range(0, len(order), batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"encoding {desc}", unit="batch")
-        try:
-            with torch.inference_mode(), autocast:
-                for start in batches:
-                    rows = order[start : start + batch_size]
-                    emb = self._embed(model, self._collate([features[i] for i in rows]))
-                    out[torch.tensor(rows)] = emb.float().cpu()
-        finally:
-            self.train(was_training)
-        return out
-
-    def _quantized_copy(self, tower: nn.Module) -> nn.Module:
-        """An int8 dynamic-quantized copy of the tower, rebuilt only when its weights changed."""
-        # In-place updates (optimizer steps, load_state_dict) bump each tensor's version counter.
-        key = tuple((p.data_ptr(), p._version) for p in tower.parameters())
-        name = "query" if tower is self.query_model else "passage"
-        cached = self._quantized.get(name)
-        if cached is None or cached[0] != key:
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            # Per-channel weights; down-projections (the FFN output, fed by GELU activations with outliers)
-            # stay float: on MiniLM this lifts cosine to the float32 embeddings from ~0.94 to ~0.99.
-            spec = {
-                name: per_channel_dynamic_qconfig
-                for name, m in tower.named_modules()
-                if isinstance(m, nn.Linear) and m.in_features <= m.out_features
-            }
-            with warnings.catch_warnings():
-                # torch marks torch.ao.quantization deprecated (moving to torchao); it still works here.
-                warnings.simplefilter("ignore")
-                quantized = quantize_dynamic(tower, spec, dtype=torch.qint8)
-            self._quantized[name] = (key, quantized.eval())
-        return self._quantized[name][1]
-
     def passage_embedding_key(self, dtype: str = "float32", quantize: str | None = None) -> str:
         """Identifies what `encode_passages` would produce: passage weights, vocabulary, settings, precision."""
         s = self.settings
@@ -536,31 +383,5 @@ class BiEncoder(nn.Module):
         )
 
 
-def encode_corpus_cached(
-    encoder: BiEncoder,
-    corpus: Any,
-    batch_size: int = 64,
-    device: str | None = None,
-    dtype: str = "float32",
-    quantize: str | None = None,
-    show_progress: bool = False,
-    directory: str | Path | None = None,
-) -> Tensor:
-    """`encoder.encode_corpus(corpus)`, reused from `cache_dir()/embeddings` when already computed.
-
-    The file name joins the corpus fingerprint and the passage tower's weights+settings key, so a
-    changed corpus, model, setting or precision never reads a stale file.
-    """
-    directory = Path(directory) if directory is not None else cache_dir() / "embeddings"
-    path = directory / f"{corpus.fingerprint()}-{encoder.passage_embedding_key(dtype, quantize)}.npy"
-    if path.is_file():
-        try:
-            cached = np.load(path)
-        except (ValueError, OSError):
-            cached = None  # unreadable: recompute and overwrite
-        if cached is not None and cached.shape[0] == len(corpus):
-            return torch.from_numpy(np.ascontiguousarray(cached, dtype=np.float32))
-    embeddings = encoder.encode_corpus(corpus, batch_size, device, dtype, quantize, show_progress)
-    with atomic_write(path, "wb") as f:
-        np.save(f, embeddings.numpy())
-    return embeddings
+__all__ = ["DTYPES", "ENCODER_FORMAT", "PASSAGE_INPUT", "POOLINGS", "SETTINGS_FILE", "BiEncoder", "EncoderSettings",
+           "encode_corpus_cached", "pool", "tensor_fingerprint"]

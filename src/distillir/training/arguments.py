@@ -1,0 +1,79 @@
+"""How to optimise: the `trainer:` section of every recipe config (`TrainConfig`), and one resolved run of it
+(`TrainingArguments`: plus where the run lives, its seed, and whether to resume). No torch here: configs load
+without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distillir.errors import ConfigError
+
+MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
+
+
+@dataclass
+class TrainConfig:
+    """How to optimise: the `trainer:` section of every recipe config."""
+
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # when > 0, wins over warmup_ratio
+    warmup_ratio: float = 0.0
+    max_steps: int | None = None  # optimizer steps; when set, wins over num_epochs
+    num_epochs: int = 1
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that supports it, else no
+    save_steps: int = 500  # 0: no checkpoints at all
+    save_total_limit: int | None = 2
+    log_steps: int = 10
+    # Multi-process only: tolerate parameters a step leaves without gradient (a BERT pooler the loss never
+    # reads, the idle model of an AR2 phase). False saves a graph walk per step when every parameter is used.
+    ddp_find_unused_parameters: bool = True
+    cpu: bool = False  # train on CPU even when a GPU is there
+
+    def __post_init__(self) -> None:
+        positive = ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "log_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1 (or null to use num_epochs), got {self.max_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("warmup_steps", "save_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(f"save_total_limit must be at least 1 (or null to keep all), got {self.save_total_limit}")
+        check_max_grad_norm(self.max_grad_norm)
+
+
+def check_max_grad_norm(max_grad_norm: float | None) -> None:
+    # A negative norm would flip every gradient's sign in clip_grad_norm_; 0 would read as "no clipping".
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ConfigError(f"max_grad_norm must be positive (or null: no clipping), got {max_grad_norm}")
+
+
+@dataclass(kw_only=True)
+class TrainingArguments(TrainConfig):
+    """A `TrainConfig` plus where the run lives, its seed, and whether to continue its last checkpoint."""
+
+    output_dir: str | Path
+    seed: int = 42
+    resume: bool = False
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, *, output_dir: str | Path, seed: int, resume: bool = False):
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+        return cls(**values, output_dir=output_dir, seed=seed, resume=resume)
+
+
+__all__ = ["MixedPrecision", "TrainConfig", "TrainingArguments", "check_max_grad_norm"]
