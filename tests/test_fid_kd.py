@@ -271,11 +271,11 @@ def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_ba
 def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, tiny_bert_dir):
     from distillir.data.loaders import load_corpus
     from distillir.recipes.common.distill import ListExample
-    from distillir.recipes.fid_kd import FiDKDRetriever
+    from distillir.recipes.common.config import StudentConfig
 
     _, data = env
     corpus = load_corpus(data)
-    encoder = build_student(FiDKDRetriever(model=tiny_bert_dir, query_max_length=16, passage_max_length=32))
+    encoder = build_student(StudentConfig(model=tiny_bert_dir, query_max_length=16, passage_max_length=32))
     examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
                 ListExample("b", "which year", ["p3a"], [0.5])]
     batch = ListCollator(encoder, corpus)(examples)
@@ -328,7 +328,7 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     embeddings in a batch give the same scores as encoding the passages."""
     from distillir.data.loaders import load_corpus
     from distillir.recipes.common.distill import ListExample
-    from distillir.recipes.fid_kd import FiDKDRetriever
+    from distillir.recipes.common.config import StudentConfig
     from distillir.retrievers.dense.retriever import DenseRetriever
 
     _, data = env
@@ -351,7 +351,7 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     fresh = start.encode_corpus(corpus, batch_size=16)
     assert torch.allclose(index.index.embeddings.float(), fresh, atol=1e-5)
 
-    encoder = build_student(FiDKDRetriever(model=tiny_bert_dir, query_max_length=16, passage_max_length=32,
+    encoder = build_student(StudentConfig(model=tiny_bert_dir, query_max_length=16, passage_max_length=32,
                                            train_passages=False))
     encoder.eval()
     examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
@@ -362,4 +362,4 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
         assert "passage" not in batch and batch["passage_embeddings"].shape[:2] == (2, 3)
         assert torch.allclose(list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
     with pytest.raises(ConfigError):
-        build_student(FiDKDRetriever(model=tiny_bert_dir)).freeze_passage_tower()
+        build_student(StudentConfig(model=tiny_bert_dir)).freeze_passage_tower()

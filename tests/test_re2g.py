@@ -13,9 +13,9 @@ from test_fid_kd import make_dataset
 
 from distillir.errors import ConfigError
 from distillir.readers.fid import FiDReader
-from distillir.readers.rag import marginal_generate, marginal_log_likelihood
+from distillir.readers.rag import marginal_generate, marginal_log_likelihood, top_passages
 from distillir.recipes import RECIPES, get_recipe
-from distillir.recipes.re2g import Re2GConfig, Re2GRecipe, top_candidates
+from distillir.recipes.re2g import Re2GConfig, Re2GRecipe
 from distillir.teachers.likelihood import answer_log_likelihood
 from distillir.training.config import load_config
 
@@ -86,10 +86,10 @@ def test_marginal_generate_with_one_hot_weights_matches_reading_that_passage(rea
     assert got == want and isinstance(got[0], str)
 
 
-def test_top_candidates_picks_the_best_real_ones_and_weights_them():
+def test_top_passages_picks_the_best_real_ones_and_weights_them():
     scores = torch.tensor([[0.0, 3.0, 1.0, 9.0], [2.0, 1.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
-    top, log_w, present = top_candidates(scores, mask, 2)
+    top, log_w, present = top_passages(scores, mask, 2)
     assert top[0].tolist() == [1, 2] and top[1, 0].item() == 0
     assert present.tolist() == [[True, True], [True, False]]
     torch.testing.assert_close(log_w[0].exp(), torch.softmax(torch.tensor([3.0, 1.0]), 0))

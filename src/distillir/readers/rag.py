@@ -114,4 +114,16 @@ def predict_marginal(reader: FiDReader, examples: Sequence[dict], *, batch_size:
     return predictions
 
 
-__all__ = ["STYLES", "check_log_weights", "marginal_generate", "marginal_log_likelihood", "predict_marginal"]
+def top_passages(scores: torch.Tensor, mask: torch.Tensor, n: int):
+    """(B, n') indices of the best-scored real candidates (n' = min(n, C)), (B, n') their log-weights
+    log softmax(score) over the chosen ones, and whether each chosen one is real (False where a question has
+    fewer than n' real candidates: weight -inf). The weights keep the scores' gradient (Re2G trains its
+    re-ranker through them)."""
+    scores = scores.float().masked_fill(~mask, float("-inf"))
+    k = min(n, scores.shape[1])
+    top = scores.detach().topk(k, dim=1).indices
+    chosen = scores.gather(1, top)
+    return top, torch.log_softmax(chosen, dim=1), torch.isfinite(chosen)
+
+
+__all__ = ["STYLES", "check_log_weights", "marginal_generate", "marginal_log_likelihood", "predict_marginal", "top_passages"]

@@ -25,8 +25,9 @@ Round k (directory `output_dir/round-k/`), each stage resumable on its own:
 
 Every stage writes its outputs atomically and then its marker `stages/<stage>.json` (wall time, results), so
 a resumed run (`resume: true`) skips finished stages and an interrupted Trainer continues from its last
-checkpoint. The student side (lists, collator, loss, agreement) is `distillir.recipes.common.distill`, shared
-with every distilling recipe; the reader side is `distillir.recipes.common.reading`. `round-k/metrics.json` gathers a round; `results.json` all rounds.
+checkpoint. `round-k/metrics.json` gathers a round; `results.json` all rounds. The student side (lists, collator,
+loss, agreement) is `distillir.recipes.common.distill`, shared with every distilling recipe; the reader side is
+`distillir.recipes.common.reading`.
 
 `teacher_scores: PATH` distils from a score file produced elsewhere (the same JSONL format): the reader
 stages are skipped and only one round runs.
@@ -37,30 +38,18 @@ Gold passages (qrels) are used only to *evaluate* on the eval split.
 
 from __future__ import annotations
 
-import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from distillir.data.datasets import load_dataset
 from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
-from distillir.losses import InBatchListLoss
-from distillir.models import DEFAULT_ENCODER
 from distillir.readers.fid_data import load_fid_examples
-from distillir.recipes.common.config import ReaderConfig
-from distillir.recipes.common.distill import (
-    ListCollator,
-    ListDistillLoss,
-    build_student,
-    distillation_loss,
-    list_examples,
-    teacher_agreement,
-)
+from distillir.recipes.common.config import EncodeConfig, ReaderConfig, StudentConfig
+from distillir.recipes.common.distill import build_student, list_examples, train_student
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
     build_reader,
@@ -69,18 +58,17 @@ from distillir.recipes.common.reading import (
     free_accelerator_memory,
     inference_autocast,
     load_eval_split,
-    qa_queries,
+    qa_training_split,
     reader_loss,
     score_teacher,
     torch_device,
 )
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages
 from distillir.retrievers.bm25 import bm25_cached
-from distillir.retrievers.dense.encoder import encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import read_teacher_scores
-from distillir.training.arguments import TrainConfig, TrainingArguments
+from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
@@ -91,7 +79,7 @@ STAGES = ("retrieve", "reader", "reader_eval", "teacher", "retriever", "index")
 StageHook = Callable[[int, str, dict], None]  # (round, stage, record)
 SCORES_FILE = "scores.jsonl"
 PREDICTIONS_FILE = "predictions.json"
-AGREEMENT_BEFORE_FILE = "agreement_before.json"
+
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -132,53 +120,6 @@ class FiDKDTeacher:
 
 
 @dataclass
-class FiDKDRetriever:
-    """The student bi-encoder and its distillation loss."""
-
-    model: str = DEFAULT_ENCODER  # the student's initial weights (hub id or path)
-    loss: Literal["kl", "mse", "margin"] = "kl"
-    temperature: float = 1.0  # KL: softmax(T / tau) vs softmax(S / tau) (FiD: 1; Atlas: 0.01)
-    margin: float = 1.0  # max-margin: gamma, on the student's score scale
-    # S = scale * q.p. null: a distillir encoder's own; else 20 (a 0.05 temperature) for unit-length embeddings,
-    # 1/sqrt(dim) otherwise (FiD's code).
-    scale: float | None = None
-    normalize: bool | None = None  # unit-length embeddings; null: as the model's files say (MiniLM: yes)
-    shared: bool = True  # one tower for questions and passages (FiD-KD)
-    # false: query-side fine-tuning (as in Atlas): the passage tower stays `model`'s weights, frozen, so the
-    # corpus is embedded once (and cached) instead of every round, and training reads those embeddings
-    # instead of encoding passages. Implies separate towers. true: the paper's full fine-tuning.
-    train_passages: bool = True
-    query_max_length: int = 40
-    passage_max_length: int = 200
-    continue_training: bool = True  # round k > 1 starts from round k-1's retriever (else from `model` again)
-    # true: the batch's other lists are negatives too (teacher probability 0; losses.InBatchListLoss). The
-    # paper distils over each question's own list only (false).
-    in_batch_negatives: bool = False
-    agreement_sample: int = 256  # training lists on which student-teacher agreement is measured (0: skip)
-    trainer: TrainConfig = field(
-        default_factory=lambda: TrainConfig(learning_rate=5e-5, warmup_ratio=0.05, per_device_batch_size=8)
-    )
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.scale is not None and self.scale <= 0:
-            raise ConfigError(f"scale must be positive (or null for the default), got {self.scale}")
-        if self.agreement_sample < 0:
-            raise ConfigError(f"agreement_sample must not be negative, got {self.agreement_sample}")
-        if not self.train_passages and self.shared:
-            self.shared = False  # a frozen passage tower beside a trained query tower: two towers
-
-
-@dataclass
-class FiDKDEncode:
-    """Corpus (re-)embedding and query encoding for dense retrieval."""
-
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: fast on GPUs and AMX CPUs
-    batch_size: int = 64
-
-
-@dataclass
 class FiDKDConfig:
     output_dir: str = "runs/fid-kd"
     seed: int = 42
@@ -195,8 +136,8 @@ class FiDKDConfig:
     on_collapse: str = "warn"
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     teacher: FiDKDTeacher = field(default_factory=FiDKDTeacher)
-    retriever: FiDKDRetriever = field(default_factory=FiDKDRetriever)
-    encode: FiDKDEncode = field(default_factory=FiDKDEncode)
+    retriever: StudentConfig = field(default_factory=StudentConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
     eval: FiDKDEval | None = field(default_factory=FiDKDEval)
 
     def __post_init__(self) -> None:
@@ -235,13 +176,10 @@ class FiDKDRecipe(Recipe):
         self._models = {}
         self.callbacks = list(callbacks)
 
-        train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
-                             seed=config.seed)
+        train, self.train_queries = qa_training_split(config.dataset, config.train_split, config.max_train_queries,
+                                                      config.seed)
         self.corpus = train.corpus
-        self.train_queries = qa_queries(train.queries)  # no qrels, no gold passages past this line
-        del train
-        if not len(self.train_queries):
-            raise ConfigError(f"{config.dataset}/{config.train_split}: no question has an answer to learn from")
+        del train  # no qrels, no gold passages past this line: the questions keep ids, texts and answers
         self.eval_ds = None
         if config.eval is not None:
             self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
@@ -270,17 +208,12 @@ class FiDKDRecipe(Recipe):
         last = out / f"round-{len(rounds)}"
         first = rounds[0] if rounds else {}
         return {
-            "recipe": self.name,
-            "output_dir": str(out),
-            "complete": not partial,
+            "recipe": self.name, "output_dir": str(out), "complete": not partial,
             "train_questions": len(self.train_queries),
             "eval_questions": len(self.eval_ds.queries) if self.eval_ds is not None else 0,
-            "start": config.start,
-            "n_passages": config.n_passages,
-            "loss": config.retriever.loss,
+            "start": config.start, "n_passages": config.n_passages, "loss": config.retriever.loss,
             "aggregation": None if config.teacher_scores else config.teacher.aggregation,
-            "teacher_scores": config.teacher_scores,
-            "final_retriever": str(last / "retriever" / FINAL_DIR),
+            "teacher_scores": config.teacher_scores, "final_retriever": str(last / "retriever" / FINAL_DIR),
             "final_reader": None if config.teacher_scores else str(last / "reader" / FINAL_DIR),
             "start_metrics": (first.get("retrieve") or {}).get("metrics"),
             "metrics": (rounds[-1].get("index") or {}).get("metrics") if rounds else None,
@@ -413,7 +346,6 @@ class FiDKDRecipe(Recipe):
 
     def _train_retriever(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         cfg = config.retriever
-        d = rd / "retriever"
         source = Path(config.teacher_scores) if config.teacher_scores else rd / "teacher" / SCORES_FILE
         examples = list_examples(read_teacher_scores(source, corpus=self.corpus), self.train_queries, self.corpus,
                                  source, normalize=config.teacher.normalize, scale=config.teacher.scale)
@@ -422,41 +354,11 @@ class FiDKDRecipe(Recipe):
         start_from = None
         if k > 1 and cfg.continue_training:
             start_from = out / f"round-{k - 1}" / "retriever" / FINAL_DIR
-        student = build_student(cfg, start_from)
-        passage_embeddings = None
-        if not cfg.train_passages:  # embedded once (cache keyed by the frozen weights), read at every step
-
-            passage_embeddings = encode_corpus_cached(student, self.corpus, config.encode.batch_size,
-                                                      dtype=config.encode.dtype)
-        sample = examples
-        if cfg.agreement_sample and len(examples) > cfg.agreement_sample:
-            rows = sorted(random.Random(config.seed).sample(range(len(examples)), cfg.agreement_sample))
-            sample = [examples[i] for i in rows]
-        before_file = d / AGREEMENT_BEFORE_FILE
-        before = None
-        if cfg.agreement_sample:
-            if config.resume and before_file.is_file():
-                before = json.loads(before_file.read_text(encoding="utf-8"))
-            else:
-                before = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature,
-                                           passage_embeddings=passage_embeddings)
-                write_json(before_file, before)
-
-        loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
-        in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
-        args = TrainingArguments.from_config(cfg.trainer, output_dir=d, seed=config.seed, resume=config.resume)
-        trainer = Trainer(student, args, examples, ListCollator(student, self.corpus, passage_embeddings),
-                          loss_fn=ListDistillLoss(loss, in_batch), callbacks=self.callbacks)
-        summary = trainer.train()
-        student.save_pretrained(d / FINAL_DIR)
-        self._models["student"] = (d / FINAL_DIR, student)
-        after = None
-        if before:
-            after = teacher_agreement(student, sample, self.corpus, temperature=cfg.temperature,
-                                      passage_embeddings=passage_embeddings)
-        return {"train": summary, "lists": len(examples), "teacher_scores": str(source), "loss": cfg.loss,
-                "start_from": str(start_from) if start_from else cfg.model, "scale": student.settings.scale,
-                "agreement_before": before, "agreement_after": after, "final": str(d / FINAL_DIR)}
+        student, info = train_student(cfg, examples, self.corpus, rd / "retriever", encode=config.encode,
+                                      seed=config.seed, resume=config.resume, callbacks=self.callbacks,
+                                      start_from=start_from)
+        self._models["student"] = (rd / "retriever" / FINAL_DIR, student)
+        return {**info, "teacher_scores": str(source)}
 
     def _index(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         """Re-embed the corpus with the trained retriever, save the index, evaluate it."""
@@ -489,4 +391,4 @@ class FiDKDRecipe(Recipe):
         return info
 
 
-__all__ = ["FiDKDConfig", "FiDKDEncode", "FiDKDEval", "FiDKDRecipe", "FiDKDRetriever", "FiDKDTeacher"]
+__all__ = ["FiDKDConfig", "FiDKDEval", "FiDKDRecipe", "FiDKDTeacher"]

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from distillir.data.answers import has_answer
-from distillir.data.datasets import load_dataset
 from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.losses import Re2GLoss
@@ -40,11 +39,11 @@ from distillir.models.seq2seq import IGNORE_INDEX
 from distillir.rankers.cross_encoder import CrossEncoder
 from distillir.readers.fid import FiDReader
 from distillir.readers.fid_data import load_fid_examples
-from distillir.readers.rag import marginal_log_likelihood, predict_marginal
+from distillir.readers.rag import marginal_log_likelihood, predict_marginal, top_passages
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
-from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, qa_queries
+from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, qa_training_split
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages, read_json
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
@@ -211,16 +210,6 @@ def generator_examples(lists: Sequence[CandidateList], chosen, corpus) -> list[d
     return examples
 
 
-def top_candidates(ranker_scores, mask, n: int):
-    """(B, n') indices of the best-scored real candidates (n' = min(n, C)) and (B, n') their log-weights
-    log softmax(r) over the chosen ones (-inf where a question has fewer than n' real candidates)."""
-    scores = ranker_scores.float().masked_fill(~mask, float("-inf"))
-    k = min(n, scores.shape[1])
-    top = scores.detach().topk(k, dim=1).indices
-    chosen = scores.gather(1, top)
-    return top, torch.log_softmax(chosen, dim=1), torch.isfinite(chosen)
-
-
 class Re2GStep:
     """Trainer `loss_fn`: the re-ranker picks each question's top `n_generate` candidates, the generator reads
     them alone and its marginal likelihood (`readers.rag`) and, when the query encoder is distilled, its scores
@@ -238,7 +227,7 @@ class Re2GStep:
     def __call__(self, model, batch):
         mask = batch["mask"]
         ranker_scores = model.ranker.list_scores(batch["pairs"], mask.shape[1])
-        top, log_weights, present = top_candidates(ranker_scores, mask, self.config.n_generate)
+        top, log_weights, present = top_passages(ranker_scores, mask, self.config.n_generate)
         lists = [self.lists[int(i)] for i in batch["rows"]]
         picks = [[int(j) for j, p in zip(row, ok) if p] for row, ok in zip(top.tolist(), present.tolist())]
         gen_batch = self.collate(generator_examples(lists, picks, self.corpus)).to(ranker_scores.device)
@@ -265,18 +254,13 @@ class Re2GRecipe(Recipe):
     def run(self, config: Re2GConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         out = self.start(config)
         self.callbacks = list(callbacks)
-        train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
-                             seed=config.seed)
-        self.corpus = train.corpus
-        self.gold = train.qrels
-        self.train_queries = qa_queries(train.queries)
-        if not len(self.train_queries):
-            raise ConfigError(f"{config.dataset}/{config.train_split}: no question has an answer to learn from")
+        train, self.train_queries = qa_training_split(config.dataset, config.train_split, config.max_train_queries,
+                                                      config.seed)
+        self.corpus, self.gold = train.corpus, train.qrels
         self.eval_ds = None
         if config.eval is not None:
             self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
                                            config.eval.max_queries, config.seed, self.corpus)
-        self._encoder = None
         stages = Stages(out / STAGES_DIR, "re2g")
         record = {}
         record["candidates"] = stages.run("candidates", lambda: self._candidates(config, out))
@@ -427,5 +411,4 @@ class Re2GRecipe(Recipe):
         return {"metrics": {**start, **metrics}}
 
 
-__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep", "merged_candidates",
-           "top_candidates"]
+__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep", "merged_candidates"]

@@ -117,5 +117,62 @@ class ReaderConfig:
             raise ConfigError(f"num_layers must be at least 1 (or null), got {self.num_layers}")
 
 
-__all__ = ["EvalConfig", "PipelineEvalConfig", "RankerWarmup", "ReaderConfig", "RerankEvalConfig", "TrainSplit",
-           "check_head_learning_rate", "check_list_size"]
+@dataclass
+class StudentConfig:
+    """The student bi-encoder of list distillation and its loss (FiD-KD's `retriever:` section)."""
+
+    model: str = DEFAULT_ENCODER  # the student's initial weights (hub id or path)
+    loss: Literal["kl", "mse", "margin"] = "kl"
+    temperature: float = 1.0  # KL: softmax(T / tau) vs softmax(S / tau) (FiD: 1; Atlas: 0.01)
+    margin: float = 1.0  # max-margin: gamma, on the student's score scale
+    # S = scale * q.p. null: a distillir encoder's own; else 20 (a 0.05 temperature) for unit-length embeddings,
+    # 1/sqrt(dim) otherwise (FiD's code).
+    scale: float | None = None
+    normalize: bool | None = None  # unit-length embeddings; null: as the model's files say (MiniLM: yes)
+    shared: bool = True  # one tower for questions and passages (FiD-KD)
+    # false: query-side fine-tuning (as in Atlas): the passage tower stays `model`'s weights, frozen, so the
+    # corpus is embedded once (and cached) instead of every round, and training reads those embeddings
+    # instead of encoding passages. Implies separate towers. true: the paper's full fine-tuning.
+    train_passages: bool = True
+    query_max_length: int = 40
+    passage_max_length: int = 200
+    continue_training: bool = True  # round k > 1 starts from round k-1's retriever (else from `model` again)
+    # true: the batch's other lists are negatives too (teacher probability 0; losses.InBatchListLoss). The
+    # paper distils over each question's own list only (false).
+    in_batch_negatives: bool = False
+    agreement_sample: int = 256  # training lists on which student-teacher agreement is measured (0: skip)
+    trainer: TrainConfig = field(
+        default_factory=lambda: TrainConfig(learning_rate=5e-5, warmup_ratio=0.05, per_device_batch_size=8)
+    )
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"scale must be positive (or null for the default), got {self.scale}")
+        if self.agreement_sample < 0:
+            raise ConfigError(f"agreement_sample must not be negative, got {self.agreement_sample}")
+        if not self.train_passages and self.shared:
+            self.shared = False  # a frozen passage tower beside a trained query tower: two towers
+
+
+@dataclass
+class EncodeConfig:
+    """Corpus (re-)embedding and query encoding for dense retrieval."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # bfloat16: fast on GPUs and AMX CPUs
+    batch_size: int = 64
+
+
+__all__ = [
+    "EncodeConfig",
+    "EvalConfig",
+    "PipelineEvalConfig",
+    "RankerWarmup",
+    "ReaderConfig",
+    "RerankEvalConfig",
+    "StudentConfig",
+    "TrainSplit",
+    "check_head_learning_rate",
+    "check_list_size",
+]

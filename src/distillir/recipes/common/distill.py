@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,17 @@ from typing import Any
 import torch
 
 from distillir.errors import ConfigError, InputError
-from distillir.losses import KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
+from distillir.losses import InBatchListLoss, KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
 from distillir.models import local_model_dir
+from distillir.recipes.common.config import EncodeConfig, StudentConfig
+from distillir.recipes.common.run import FINAL_DIR, read_json
 from distillir.retrievers.dense.encoder import SETTINGS_FILE, BiEncoder
+from distillir.retrievers.dense.inference import encode_corpus_cached
+from distillir.training.arguments import TrainingArguments
+from distillir.training.trainer import Trainer
+from distillir.utils.io import write_json
+
+AGREEMENT_BEFORE_FILE = "agreement_before.json"
 
 
 @dataclass
@@ -208,7 +217,7 @@ def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, tempe
             "top1": top1 / n}
 
 
-def build_student(cfg, path: str | Path | None = None):
+def build_student(cfg: StudentConfig, path: str | Path | None = None):
     """The bi-encoder to distil into: `cfg.model` (a retriever section: model, shared, normalize, scale, lengths,
     train_passages) with the configured settings, or a saved student at `path`."""
     if path is not None:
@@ -229,5 +238,54 @@ def build_student(cfg, path: str | Path | None = None):
     return encoder
 
 
-__all__ = ["ListCollator", "ListDistillLoss", "ListExample", "build_student", "distillation_loss", "list_examples",
-           "list_scores", "teacher_agreement", "teacher_targets"]
+def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, output_dir: Path, *,
+                  encode: EncodeConfig, seed: int, resume: bool, callbacks: Sequence[Any] = (),
+                  start_from: str | Path | None = None):
+    """(student, record): one distillation phase in `output_dir` (checkpoints/, log.jsonl, final/): the student
+    (`cfg.model`, or `start_from`) trained on loss(S, T) over each list, with its agreement with the teacher on
+    a seeded sample of the lists before (kept in `agreement_before.json`, so a resume reuses it) and after."""
+    output_dir = Path(output_dir)
+    student = build_student(cfg, start_from)
+    passage_embeddings = None
+    if not cfg.train_passages:  # embedded once (cache keyed by the frozen weights), read at every step
+        passage_embeddings = encode_corpus_cached(student, corpus, encode.batch_size, dtype=encode.dtype)
+    sample = examples
+    if cfg.agreement_sample and len(examples) > cfg.agreement_sample:
+        rows = sorted(random.Random(seed).sample(range(len(examples)), cfg.agreement_sample))
+        sample = [examples[i] for i in rows]
+    before_file = output_dir / AGREEMENT_BEFORE_FILE
+    before = None
+    if cfg.agreement_sample:
+        before = read_json(before_file) if resume else None
+        if before is None:
+            before = teacher_agreement(student, sample, corpus, temperature=cfg.temperature,
+                                       passage_embeddings=passage_embeddings)
+            write_json(before_file, before)
+    loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
+    in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
+    args = TrainingArguments.from_config(cfg.trainer, output_dir=output_dir, seed=seed, resume=resume)
+    trainer = Trainer(student, args, examples, ListCollator(student, corpus, passage_embeddings),
+                      loss_fn=ListDistillLoss(loss, in_batch), callbacks=callbacks)
+    summary = trainer.train()
+    student.save_pretrained(output_dir / FINAL_DIR)
+    after = None
+    if before:
+        after = teacher_agreement(student, sample, corpus, temperature=cfg.temperature,
+                                  passage_embeddings=passage_embeddings)
+    return student, {"train": summary, "lists": len(examples), "loss": cfg.loss,
+                     "start_from": str(start_from) if start_from else cfg.model, "scale": student.settings.scale,
+                     "agreement_before": before, "agreement_after": after, "final": str(output_dir / FINAL_DIR)}
+
+
+__all__ = [
+    "ListCollator",
+    "ListDistillLoss",
+    "ListExample",
+    "build_student",
+    "distillation_loss",
+    "list_examples",
+    "list_scores",
+    "teacher_agreement",
+    "teacher_targets",
+    "train_student",
+]

@@ -16,6 +16,7 @@ import torch
 
 from distillir.data.datasets import load_dataset
 from distillir.data.types import Queries
+from distillir.errors import ConfigError
 from distillir.evaluation import diagnostics, evaluate_run
 from distillir.models import resolve_model
 from distillir.readers.fid import FiDReader
@@ -137,5 +138,27 @@ def load_eval_split(dataset: str, split: str, max_queries, seed: int, train_corp
     return eval_ds
 
 
-__all__ = ["CollatorRNGCallback", "build_reader", "collapse_check", "evaluate_retrieval", "free_accelerator_memory",
-           "inference_autocast", "load_eval_split", "qa_queries", "reader_loss", "score_teacher", "torch_device"]
+def qa_training_split(dataset: str, split: str, max_queries, seed: int):
+    """(the training split, its questions reduced to ids, texts and answers: `qa_queries`); a ConfigError when no
+    question has an answer to learn from."""
+    train = load_dataset(dataset, split, max_queries=max_queries, seed=seed)
+    queries = qa_queries(train.queries)
+    if not len(queries):
+        raise ConfigError(f"{dataset}/{split}: no question has an answer to learn from")
+    return train, queries
+
+
+__all__ = [
+    "CollatorRNGCallback",
+    "build_reader",
+    "collapse_check",
+    "evaluate_retrieval",
+    "free_accelerator_memory",
+    "inference_autocast",
+    "load_eval_split",
+    "qa_queries",
+    "qa_training_split",
+    "reader_loss",
+    "score_teacher",
+    "torch_device",
+]
