@@ -270,8 +270,8 @@ def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_ba
 
 def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, tiny_bert_dir):
     from distillir.data.loaders import load_corpus
-    from distillir.recipes.common.distill import ListExample
     from distillir.recipes.common.config import StudentConfig
+    from distillir.recipes.common.distill import ListExample
 
     _, data = env
     corpus = load_corpus(data)
@@ -327,8 +327,8 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     weights, so the index of every round is the start model's cached corpus embeddings; precomputed passage
     embeddings in a batch give the same scores as encoding the passages."""
     from distillir.data.loaders import load_corpus
-    from distillir.recipes.common.distill import ListExample
     from distillir.recipes.common.config import StudentConfig
+    from distillir.recipes.common.distill import ListExample
     from distillir.retrievers.dense.retriever import DenseRetriever
 
     _, data = env
