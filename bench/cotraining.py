@@ -92,7 +92,7 @@ def bf16_ok(args) -> bool:
     if args.bf16_rerank != "auto":
         return args.bf16_rerank == "on"
     sys.path.insert(0, str(REPO / "src"))
-    from distillir.demo import default_encoding_dtype
+    from distillir.retrievers.dense.inference import default_encoding_dtype
 
     return default_encoding_dtype() == "bfloat16"
 

@@ -24,6 +24,7 @@ def run_demo(
     from distillir.evaluation import evaluate_run
     from distillir.evaluation.report import format_table
     from distillir.retrievers.bm25 import bm25_cached
+    from distillir.retrievers.dense.inference import default_encoding_dtype
     from distillir.retrievers.dense.retriever import DenseRetriever
     from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
@@ -58,16 +59,3 @@ def run_demo(
     columns = [c for c in rows[0] if c not in ("queries",)]
     header = f"{dataset} ({split}, {len(data.queries)} queries, {len(data.corpus)} passages)\n\n"
     return header + format_table(rows, columns)
-
-
-def default_encoding_dtype() -> str:
-    """bfloat16 autocast where the CPU has native bf16 (AMX / avx512_bf16): same rankings as float32 in
-    bench/results/speed.md (cosine 0.99999) at about 1.5x the throughput; float32 elsewhere."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "float32"
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
-    return "bfloat16" if native_bf16 else "float32"

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from distillir.models import DEFAULT_ENCODER
+
 app = typer.Typer(
     name="distillir",
     help="Train neural retrievers without relevance labels, by distillation; index, search, re-rank, evaluate.",
@@ -66,7 +68,7 @@ def index(
     retriever: Annotated[RetrieverKind, typer.Option(help="bm25, dense, or hybrid (both, fused at search time).")] = RetrieverKind.bm25,
     model: Annotated[
         str, typer.Option(help="Dense encoder: a Hugging Face hub id or a local path (a distillir-trained retriever too).")
-    ] = "sentence-transformers/all-MiniLM-L6-v2",
+    ] = DEFAULT_ENCODER,
     index_type: Annotated[IndexKind, typer.Option("--index", help="Dense search: exact (torch matmul), or FAISS flat / hnsw / ivfpq.")] = IndexKind.exact,
     batch_size: Annotated[int, typer.Option(help="Dense encoding batch size.")] = 64,
     passage_max_length: Annotated[int | None, typer.Option(help="Dense: passage max tokens (default: the encoder's setting).")] = None,
@@ -88,7 +90,7 @@ def index(
 
         sparse = bm25_cached(passages, k1=k1, b=b) if cache else BM25Retriever.build(passages, k1=k1, b=b)
     if retriever in (RetrieverKind.dense, RetrieverKind.hybrid):
-        from distillir.demo import default_encoding_dtype
+        from distillir.retrievers.dense.inference import default_encoding_dtype
         from distillir.retrievers.dense.retriever import DenseRetriever
 
         encoder_kwargs = {} if passage_max_length is None else {"passage_max_length": passage_max_length}
@@ -181,7 +183,7 @@ def rerank(
     queries: QueriesArg,
     corpus: CorpusArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Re-ranked run (.trec or .jsonl).")],
-    model: Annotated[str, typer.Option(help="Cross-encoder: hub id or local path (e.g. from `distillir train cross-encoder`).")] = "sentence-transformers/all-MiniLM-L6-v2",
+    model: Annotated[str, typer.Option(help="Cross-encoder: hub id or local path (e.g. from `distillir train cross-encoder`).")] = DEFAULT_ENCODER,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Re-score this many passages per query.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 64,
 ) -> None:
@@ -239,7 +241,7 @@ def mine(
     """Mine hard negatives from a run, with false-negative control: known positives, answer-containing
     passages and (with --ranker) passages the re-ranker scores as relevant never become negatives."""
     from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
-    from distillir.data.negatives import build_examples, mine_negatives, write_training_lists
+    from distillir.data.negatives import build_examples, mine_negatives, relevant_passages, write_training_lists
     from distillir.data.run import Run
     from distillir.errors import InputError
 
@@ -251,12 +253,8 @@ def mine(
     the_run = Run.read(run)
     passages = resolve_corpus(corpus)
     qs = resolve_queries(queries, default_split="train", ids=set(the_run))
-    if qrels:
-        judged = resolve_qrels(qrels, default_split="train")
-        positives = {qid: {pid for pid, rel in docs.items() if rel > 0} for qid, docs in judged.items()}
-    else:
-        positives = {qid: set(gold) for qid, gold in zip(qs.ids, qs.gold_ids) if gold}
-    positives = {qid: pids for qid, pids in positives.items() if pids and qid in the_run}
+    judged = resolve_qrels(qrels, default_split="train") if qrels else None
+    positives = {qid: pids for qid, pids in relevant_passages(qs, judged).items() if qid in the_run}
     if not positives:
         raise InputError(qrels or queries, "no query of the run has a known positive passage (give --qrels, or "
                                            "queries with gold passage ids)")
@@ -322,7 +320,7 @@ def recipes() -> None:
 def demo(
     dataset: Annotated[str, typer.Option(help="Dataset name or directory (BEIR layout or squad-open layout).")] = "scifact",
     split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
-    model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = "sentence-transformers/all-MiniLM-L6-v2",
+    model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = DEFAULT_ENCODER,
     max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
     top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
     dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16, float16 (GPU).")] = Precision.auto,

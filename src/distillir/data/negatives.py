@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillir.data.types import Corpus, Dataset, Queries
+from distillir.data.types import Corpus, Dataset, Qrels, Queries
 from distillir.errors import ConfigError, InputError
 from distillir.utils.io import atomic_write, iter_jsonl_objects
 from distillir.utils.log import get_logger
@@ -36,21 +36,22 @@ class TrainingExample:
     negatives: list[str] = field(default_factory=list)
 
 
+def relevant_passages(queries: Queries, qrels: Qrels | None = None, min_relevance: int = 1) -> dict[str, set[str]]:
+    """Relevant passage ids per query: from `qrels` (relevance >= min_relevance) when given, else from the
+    queries' gold passage ids. Queries with neither are left out."""
+    if qrels:
+        judged = ((qid, {pid for pid, rel in docs.items() if rel >= min_relevance}) for qid, docs in qrels.items())
+    else:
+        judged = ((qid, set(gold or ())) for qid, gold in zip(queries.ids, queries.gold_ids))
+    return {qid: pids for qid, pids in judged if pids}
+
+
 def positives_from_dataset(dataset: Dataset, min_relevance: int = 1) -> dict[str, set[str]]:
-    """Relevant passage ids per query: from qrels (relevance >= min_relevance), else from gold passage ids.
+    """Relevant passage ids per query of a split (`relevant_passages` of its queries and qrels).
 
     Queries with neither are left out. Raises InputError when the split has no relevance information at all.
     """
-    positives: dict[str, set[str]] = {}
-    if dataset.qrels:
-        for qid, judged in dataset.qrels.items():
-            relevant = {pid for pid, rel in judged.items() if rel >= min_relevance}
-            if relevant:
-                positives[qid] = relevant
-    else:
-        for qid, gold in zip(dataset.queries.ids, dataset.queries.gold_ids):
-            if gold:
-                positives[qid] = set(gold)
+    positives = relevant_passages(dataset.queries, dataset.qrels, min_relevance)
     if not positives:
         raise InputError(
             dataset.queries.source or dataset.name,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distillir.losses.kl_divergence import full_mask, masked_log_softmax, mean_over_queries
+from distillir.losses.kl_divergence import check_pair, full_mask, masked_log_softmax, mean_over_queries
 
 
 class AdversarialRetrieverLoss(nn.Module):
@@ -56,11 +56,7 @@ class AdversarialRetrieverLoss(nn.Module):
         self.adversarial_over_negatives_only = adversarial_over_negatives_only
 
     def forward(self, student_scores: Tensor, ranker_scores: Tensor, mask: Tensor | None = None) -> Tensor:
-        if student_scores.shape != ranker_scores.shape:
-            raise ValueError(
-                f"retriever scores {tuple(student_scores.shape)} and ranker scores "
-                f"{tuple(ranker_scores.shape)} must have the same (B, n) shape"
-            )
+        check_pair(student_scores, ranker_scores, ("retriever", "ranker"))
         mask = full_mask(student_scores, mask)
         log_p_theta = masked_log_softmax(student_scores.float(), mask)
         zeros = torch.zeros_like(log_p_theta)

@@ -6,6 +6,13 @@ import torch
 from torch import Tensor, nn
 
 
+def check_pair(student: Tensor, teacher: Tensor, names: tuple[str, str] = ("student", "teacher")) -> None:
+    """ValueError unless the two score tensors have the same (B, n) shape."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"{names[0]} scores {tuple(student.shape)} and {names[1]} scores {tuple(teacher.shape)} "
+                         "must have the same (B, n) shape")
+
+
 def full_mask(scores: Tensor, mask: Tensor | None) -> Tensor:
     """`mask` as a bool tensor shaped like `scores` (True = a real list entry); all True when None."""
     if mask is None:
@@ -68,11 +75,7 @@ class KLDivergenceLoss(nn.Module):
         self.detach_teacher = detach_teacher
 
     def forward(self, student_scores: Tensor, teacher_scores: Tensor, mask: Tensor | None = None) -> Tensor:
-        if student_scores.shape != teacher_scores.shape:
-            raise ValueError(
-                f"student scores {tuple(student_scores.shape)} and teacher scores "
-                f"{tuple(teacher_scores.shape)} must have the same (B, n) shape"
-            )
+        check_pair(student_scores, teacher_scores)
         if self.detach_teacher:
             teacher_scores = teacher_scores.detach()
         mask = full_mask(student_scores, mask)

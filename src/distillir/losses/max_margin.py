@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distillir.losses.kl_divergence import full_mask, mean_over_queries
+from distillir.losses.kl_divergence import check_pair, full_mask, mean_over_queries
 
 
 class MaxMarginDistillLoss(nn.Module):
@@ -29,11 +29,7 @@ class MaxMarginDistillLoss(nn.Module):
         self.margin = margin
 
     def forward(self, student_scores: Tensor, teacher_scores: Tensor, mask: Tensor | None = None) -> Tensor:
-        if student_scores.shape != teacher_scores.shape:
-            raise ValueError(
-                f"student scores {tuple(student_scores.shape)} and teacher scores "
-                f"{tuple(teacher_scores.shape)} must have the same (B, n) shape"
-            )
+        check_pair(student_scores, teacher_scores)
         mask = full_mask(student_scores, mask)
         student = student_scores.float()
         teacher = teacher_scores.detach().float()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distillir.losses.kl_divergence import full_mask, mean_over_queries
+from distillir.losses.kl_divergence import check_pair, full_mask, mean_over_queries
 
 
 class MSEDistillLoss(nn.Module):
@@ -24,11 +24,7 @@ class MSEDistillLoss(nn.Module):
     """
 
     def forward(self, student_scores: Tensor, teacher_scores: Tensor, mask: Tensor | None = None) -> Tensor:
-        if student_scores.shape != teacher_scores.shape:
-            raise ValueError(
-                f"student scores {tuple(student_scores.shape)} and teacher scores "
-                f"{tuple(teacher_scores.shape)} must have the same (B, n) shape"
-            )
+        check_pair(student_scores, teacher_scores)
         mask = full_mask(student_scores, mask)
         squared = (student_scores.float() - teacher_scores.detach().float()) ** 2
         per_query = torch.where(mask, squared, torch.zeros_like(squared)).sum(dim=-1)

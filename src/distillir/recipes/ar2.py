@@ -37,14 +37,19 @@ from typing import Any, Literal
 
 import torch
 
-from distillir.data.datasets import load_dataset
-from distillir.data.negatives import build_examples, mine_negatives, positives_from_dataset, read_training_lists
+from distillir.data.negatives import build_examples, mine_negatives, read_training_lists
 from distillir.errors import ConfigError
 from distillir.losses.adversarial import AdversarialRetrieverLoss
 from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
 from distillir.models import DEFAULT_ENCODER
 from distillir.rankers.cross_encoder import CrossEncoder
-from distillir.recipes.common.config import PipelineEvalConfig, RankerWarmup, TrainSplit, check_list_size
+from distillir.recipes.common.config import (
+    PipelineEvalConfig,
+    RankerWarmup,
+    TrainSplit,
+    check_list_size,
+    check_temperature,
+)
 from distillir.recipes.common.lists import LISTS_FILE, read_or_build_lists
 from distillir.recipes.common.ranking import (
     WARMUP_DIR,
@@ -128,8 +133,7 @@ class AR2Config:
             raise ConfigError(f"lambda_ must be in [0, 1], got {self.lambda_}")
         if self.ranker_learning_rate <= 0 or self.ranker_temperature <= 0:
             raise ConfigError("ranker_learning_rate and ranker_temperature must be positive")
-        if self.temperature is not None and self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive (or null for the default), got {self.temperature}")
+        check_temperature(self.temperature)
         if self.trainer.max_steps is not None:
             raise ConfigError("AR2 counts steps per phase: set ranker_steps and retriever_steps, not "
                               "trainer.max_steps")
@@ -172,10 +176,7 @@ class AR2Recipe(Recipe):
     def run(self, config: AR2Config, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         out = self.start(config)
         state = process_state()
-        dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
-                               seed=config.seed)
-        positives = positives_from_dataset(dataset)
-        queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
+        dataset, positives, queries = config.data.labelled(config.seed)
         adversarial = config.retriever_loss == "adversarial"
 
         retriever = load_retriever(config.retriever, config)

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillir.data.datasets import load_dataset
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
 from distillir.rankers.cross_encoder import CrossEncoder
@@ -82,8 +81,7 @@ class CrossEncoderRecipe(Recipe):
 
     def run(self, config: CrossEncoderConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         out = self.start(config)
-        dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
-                               seed=config.seed)
+        dataset = config.data.load(config.seed)
         neg = config.negatives
         examples = mined_training_lists(
             dataset,

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from distillir.data.datasets import load_dataset
 from distillir.errors import ConfigError
 from distillir.losses.contrastive import ContrastiveLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.recipes.common.config import EvalConfig, TrainSplit
+from distillir.recipes.common.config import EvalConfig, TrainSplit, check_temperature
 from distillir.recipes.common.lists import LISTS_FILE, mined_training_lists
 from distillir.recipes.common.retrieval import evaluate_dense
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
@@ -68,8 +67,7 @@ class DPRConfig:
     eval: EvalConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature is not None and self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive (or null for the default), got {self.temperature}")
+        check_temperature(self.temperature)
 
 
 class DPRRecipe(Recipe):
@@ -80,8 +78,7 @@ class DPRRecipe(Recipe):
 
     def run(self, config: DPRConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         out = self.start(config)
-        dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
-                               seed=config.seed)
+        dataset = config.data.load(config.seed)
         examples = mined_training_lists(
             dataset,
             out / LISTS_FILE,

@@ -32,14 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from distillir.data.datasets import load_dataset
-from distillir.data.negatives import positives_from_dataset
 from distillir.data.run import Run
 from distillir.errors import ConfigError
 from distillir.losses import JointListwiseLoss
 from distillir.models import DEFAULT_ENCODER
 from distillir.rankers.denoise import check_thresholds, denoise_lists, undenoised_lists
-from distillir.recipes.common.config import PipelineEvalConfig, RankerWarmup, TrainSplit, check_list_size
+from distillir.recipes.common.config import (
+    PipelineEvalConfig,
+    RankerWarmup,
+    TrainSplit,
+    check_list_size,
+    check_temperature,
+)
 from distillir.recipes.common.lists import read_or_build_lists
 from distillir.recipes.common.ranking import (
     WARMUP_DIR,
@@ -137,8 +141,7 @@ class RocketQAv2Config:
     eval: PipelineEvalConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature is not None and self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive (or null for the default), got {self.temperature}")
+        check_temperature(self.temperature)
         if self.ranker_learning_rate is not None and self.ranker_learning_rate <= 0:
             raise ConfigError(f"ranker_learning_rate must be positive, got {self.ranker_learning_rate}")
 
@@ -169,10 +172,7 @@ class RocketQAv2Recipe(Recipe):
     def run(self, config: RocketQAv2Config, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         out = self.start(config)
         state = process_state()
-        dataset = load_dataset(config.data.dataset, config.data.split, max_queries=config.data.max_train_queries,
-                               seed=config.seed)
-        positives = positives_from_dataset(dataset)
-        queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
+        dataset, positives, queries = config.data.labelled(config.seed)
 
         retriever = load_retriever(config.retriever, config)
         ranker = load_ranker(config.ranker, config)

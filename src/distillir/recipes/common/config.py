@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from distillir.data.datasets import load_dataset
+from distillir.data.negatives import positives_from_dataset
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
 from distillir.training.arguments import TrainConfig, check_max_grad_norm
@@ -21,6 +23,16 @@ class TrainSplit:
     dataset: str = "scifact"  # a known name or a dataset directory (BEIR or squad-open layout)
     split: str = "train"
     max_train_queries: int | None = None  # a seeded sample of the split's queries
+
+    def load(self, seed: int):
+        """The split as a `Dataset` (its queries a seeded sample when `max_train_queries` is set)."""
+        return load_dataset(self.dataset, self.split, max_queries=self.max_train_queries, seed=seed)
+
+    def labelled(self, seed: int):
+        """(the split, each query's known positives, the queries that have one)."""
+        dataset = self.load(seed)
+        positives = positives_from_dataset(dataset)
+        return dataset, positives, dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
 
 
 @dataclass
@@ -39,6 +51,11 @@ class RerankEvalConfig:
 def check_head_learning_rate(head_learning_rate: float | None) -> None:
     if head_learning_rate is not None and head_learning_rate <= 0:
         raise ConfigError(f"head_learning_rate must be positive, got {head_learning_rate}")
+
+
+def check_temperature(temperature: float | None) -> None:
+    if temperature is not None and temperature <= 0:
+        raise ConfigError(f"temperature must be positive (or null for the default), got {temperature}")
 
 
 def check_list_size(list_size: int) -> None:

@@ -307,55 +307,21 @@ class BiEncoder(nn.Module):
         return q, p
 
     # --- inference -----------------------------------------------------------------------------
-    def encode_queries(
-        self,
-        texts: Sequence[str],
-        batch_size: int = 128,
-        device: str | None = None,
-        dtype: str = "float32",
-        quantize: str | None = None,
-        show_progress: bool = False,
-    ) -> Tensor:
-        """(len(texts), dim) float32 CPU tensor, in input order. See `inference.encode_features` for options."""
-        return encode_features(
-            self,
-            self.query_model, self._query_features(texts), batch_size, device, dtype, quantize, show_progress, "queries"
-        )
+    def encode_queries(self, texts: Sequence[str], batch_size: int = 128, **options: Any) -> Tensor:
+        """(len(texts), dim) float32 CPU tensor, in input order. `options`: device, dtype, quantize,
+        show_progress (see `distillir.retrievers.dense.inference.encode_features`)."""
+        return encode_features(self, self.query_model, self._query_features(texts), batch_size, desc="queries",
+                               **options)
 
-    def encode_passages(
-        self,
-        titles: Sequence[str] | None,
-        texts: Sequence[str],
-        batch_size: int = 64,
-        device: str | None = None,
-        dtype: str = "float32",
-        quantize: str | None = None,
-        show_progress: bool = False,
-    ) -> Tensor:
-        """(len(texts), dim) float32 CPU tensor, in input order."""
-        return encode_features(
-            self,
-            self.passage_model,
-            self._passage_features(titles, texts),
-            batch_size,
-            device,
-            dtype,
-            quantize,
-            show_progress,
-            "passages",
-        )
+    def encode_passages(self, titles: Sequence[str] | None, texts: Sequence[str], batch_size: int = 64,
+                        **options: Any) -> Tensor:
+        """(len(texts), dim) float32 CPU tensor, in input order; `options` as for `encode_queries`."""
+        return encode_features(self, self.passage_model, self._passage_features(titles, texts), batch_size,
+                               desc="passages", **options)
 
-    def encode_corpus(
-        self,
-        corpus: Any,
-        batch_size: int = 64,
-        device: str | None = None,
-        dtype: str = "float32",
-        quantize: str | None = None,
-        show_progress: bool = False,
-    ) -> Tensor:
-        """Embeddings of a `Corpus`, one row per passage in corpus order."""
-        return self.encode_passages(corpus.titles, corpus.texts, batch_size, device, dtype, quantize, show_progress)
+    def encode_corpus(self, corpus: Any, batch_size: int = 64, **options: Any) -> Tensor:
+        """Embeddings of a `Corpus`, one row per passage in corpus order; `options` as for `encode_queries`."""
+        return self.encode_passages(corpus.titles, corpus.texts, batch_size, **options)
 
     def inference_device(self, device: str | None = None) -> torch.device:
         """The given device; else where the encoder already is if that is an accelerator; else cuda if any."""

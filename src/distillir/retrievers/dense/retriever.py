@@ -103,7 +103,8 @@ class DenseRetriever(Retriever):
         if cache:
             embeddings = encode_corpus_cached(encoder, corpus, batch_size, device, dtype, quantize, show_progress)
         else:
-            embeddings = encoder.encode_corpus(corpus, batch_size, device, dtype, quantize, show_progress)
+            embeddings = encoder.encode_corpus(corpus, batch_size, device=device, dtype=dtype, quantize=quantize,
+                                               show_progress=show_progress)
         vector_index = make_index(index, index_params, device=str(encoder.inference_device(device)))
         vector_index.add(embeddings)
         return cls(
