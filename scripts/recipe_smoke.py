@@ -7,7 +7,9 @@ train bit-identically on these settings: this is how a refactor shows that behav
     .venv/bin/python scripts/recipe_smoke.py --out /tmp/smoke.json [--only dpr,ar2]
     diff <(python -m json.tool a.json) <(python -m json.tool b.json)
 
-Uses only the public recipe interface (`get_recipe`, `load_config`, `Recipe.run`) and config keys.
+Uses only the public recipe interface (`get_recipe`, `load_config`, `Recipe.run`) and config keys, so it runs
+on older checkouts too: `PYTHONPATH=OLD/src .venv/bin/python scripts/recipe_smoke.py --out old.json`.
+tests/test_recipes_cli.py trains every recipe with these settings through `distillir train`.
 """
 
 from __future__ import annotations
@@ -20,49 +22,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-TOPICS = ["volcano", "glacier", "protein", "galaxy", "bacteria", "river", "neuron", "comet"]
-FACTS = [("volcano", "Alvarez", "1871"), ("glacier", "Bertrand", "1902"), ("protein", "Castillo", "1838"),
-         ("galaxy", "Dubois", "1924"), ("bacteria", "Eriksen", "1676"), ("comet", "Fontaine", "1758")]
+def toy_datasets():
+    """`distillir.data.toy`'s writers; from this repository's source when the distillir being fingerprinted
+    (an older checkout on PYTHONPATH) predates that module."""
+    try:
+        from distillir.data import toy
+    except ImportError:
+        import importlib.util
 
-
-def beir_dataset(root: Path) -> Path:
-    """8 topics x 2 passages, one train and one test claim per topic (qrels: the topic's first passage)."""
-    (root / "qrels").mkdir(parents=True)
-    corpus, queries, train, test = [], [], [], []
-    for i, topic in enumerate(TOPICS):
-        corpus.append({"_id": f"d{i}a", "title": topic.title(), "text": f"The {topic} is studied by scientists."})
-        corpus.append({"_id": f"d{i}b", "title": "", "text": f"Another note mentioning the {topic} briefly."})
-        queries.append({"_id": f"train{i}", "text": f"what do scientists study about the {topic}"})
-        queries.append({"_id": f"test{i}", "text": f"{topic} research"})
-        train.append(f"train{i}\td{i}a\t1")
-        test.append(f"test{i}\td{i}a\t1")
-    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    for split, rows in (("train", train), ("test", test)):
-        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return root
-
-
-def qa_dataset(root: Path) -> Path:
-    """squad-open layout: 12 passages, 8 train questions (answers only), 4 dev questions with gold ids."""
-    root.mkdir(parents=True)
-    rows = ["id\ttext\ttitle"]
-    for i, (topic, name, year) in enumerate(FACTS):
-        rows.append(f"p{i}a\tThe first {topic} survey was led by {name} in {year}.\t{topic.title()}")
-        rows.append(f"p{i}b\tMany people find the {topic} beautiful to look at.\t{topic.title()} culture")
-    (root / "corpus.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    train, dev = [], []
-    for i, (topic, name, year) in enumerate(FACTS):
-        train.append({"id": f"t{i}", "question": f"Who led the first {topic} survey?", "answers": [name, f"Dr. {name}"]})
-        if i < 2:
-            train.append({"id": f"t{i}y", "question": f"In which year was the {topic} survey?",
-                          "answers": [year, f"in {year}"]})
-        else:
-            dev.append({"id": f"d{i}", "question": f"When was the first {topic} survey led?", "answers": [year],
-                        "gold_pid": f"p{i}a"})
-    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
-    return root
+        path = Path(__file__).resolve().parents[1] / "src" / "distillir" / "data" / "toy.py"
+        spec = importlib.util.spec_from_file_location("toy", path)
+        toy = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(toy)
+    return toy.write_toy_beir, toy.write_toy_qa
 
 
 def tiny_bert(out: Path) -> str:
@@ -175,7 +147,8 @@ def main() -> None:
         base = Path(tmp)
         os.environ["DISTILLIR_CACHE"] = str(base / "cache")
         bert = tiny_bert(base / "bert")
-        all_settings = settings(bert, beir_dataset(base / "beir"), qa_dataset(base / "qa"))
+        write_toy_beir, write_toy_qa = toy_datasets()
+        all_settings = settings(bert, write_toy_beir(base / "beir"), write_toy_qa(base / "qa"))
         names = [n for n in args.only.split(",") if n] or list(all_settings)
         report = {}
         for name in names:

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_recipe_cross_encoder import KillAt, make_dataset, state_dicts_equal
+from helpers import KillAt, state_dicts_equal
 
+from distillir.data.toy import write_toy_beir
 from distillir.errors import ConfigError
 from distillir.recipes import get_recipe
 from distillir.recipes.ar2 import AR2Config, AR2Recipe, RetrieverGroupLoss
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def tiny_dataset(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
-    return make_dataset(tmp_path / "tiny")
+    return write_toy_beir(tmp_path / "tiny")
 
 
 def tiny_config(bert_dir: str, data: Path, out: Path, *extra: str) -> AR2Config:

@@ -7,38 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KillAt
 
+from distillir.data.toy import write_toy_beir
 from distillir.errors import ConfigError
 from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.dpr import DPRConfig, DPRRecipe
 from distillir.training.checkpoint import list_checkpoints
 from distillir.training.config import load_config
-from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-
-TOPICS = ["volcano", "glacier", "protein", "galaxy", "bacteria", "river", "neuron", "comet"]
-
 
 @pytest.fixture()
 def tiny_dataset(tmp_path, monkeypatch) -> Path:
     """8 topics x 2 passages; one train and one test claim per topic, relevant to the topic's first passage."""
     monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))  # BM25 and embedding caches stay here
-    root = tmp_path / "tiny"
-    (root / "qrels").mkdir(parents=True)
-    corpus, queries, train, test = [], [], [], []
-    for i, topic in enumerate(TOPICS):
-        corpus.append({"_id": f"d{i}a", "title": topic.title(), "text": f"The {topic} is studied by scientists."})
-        corpus.append({"_id": f"d{i}b", "title": "", "text": f"Another note mentioning the {topic} briefly."})
-        queries.append({"_id": f"train{i}", "text": f"what do scientists study about the {topic}"})
-        queries.append({"_id": f"test{i}", "text": f"{topic} research"})
-        train.append(f"train{i}\td{i}a\t1")
-        test.append(f"test{i}\td{i}a\t1")
-    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(train) + "\n")
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(test) + "\n")
-    return root
+    return write_toy_beir(tmp_path / "tiny")
 
 
 def tiny_config(bert_dir: str, data: Path, out: Path, *extra: str) -> DPRConfig:
@@ -67,15 +51,6 @@ def train_set_loss(encoder, out: Path) -> float:
         p = encoder.encode_passage(encoder.tokenize_passages([corpus[i]["title"] for i in pids],
                                                              [corpus[i]["text"] for i in pids]))
         return ContrastiveLoss(encoder.similarity, temperature=0.05)(q, p[: len(q)], p[len(q):]).item()
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.state.global_step == self.step:
-            raise KeyboardInterrupt("killed")
 
 
 def test_dpr_recipe_trains_saves_and_evaluates(tiny_bert_dir, tiny_dataset, tmp_path):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KillAt, weights
 
+from distillir.data.toy import FACTS, write_toy_qa
 from distillir.errors import ConfigError
 from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.common.distill import (
@@ -22,40 +24,8 @@ from distillir.recipes.common.distill import (
 from distillir.recipes.fid_kd import STAGES, FiDKDConfig, FiDKDRecipe
 from distillir.training.checkpoint import list_checkpoints
 from distillir.training.config import load_config
-from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-
-FACTS = [  # topic, discoverer, year
-    ("volcano", "Alvarez", "1871"), ("glacier", "Bertrand", "1902"), ("protein", "Castillo", "1838"),
-    ("galaxy", "Dubois", "1924"), ("bacteria", "Eriksen", "1676"), ("comet", "Fontaine", "1758"),
-]
-
-
-def make_dataset(root: Path) -> Path:
-    """squad-open layout: corpus.tsv (12 passages), train.jsonl (8 questions, answers only: no gold passage,
-    no qrels) and dev.jsonl (4 questions with gold_pid, for evaluation)."""
-    root.mkdir(parents=True)
-    rows = ["id\ttext\ttitle"]
-    for i, (topic, name, year) in enumerate(FACTS):
-        rows.append(f"p{i}a\tThe first {topic} survey was led by {name} in {year}.\t{topic.title()}")
-        rows.append(f"p{i}b\tMany people find the {topic} beautiful to look at.\t{topic.title()} culture")
-    (root / "corpus.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    train, dev = [], []
-    for i, (topic, name, year) in enumerate(FACTS):
-        # Two answers each: the reader's target is drawn at random, so its RNG must survive a resume.
-        train.append({"id": f"t{i}", "question": f"Who led the first {topic} survey?",
-                      "answers": [name, f"Dr. {name}"]})
-        if i < 2:
-            train.append({"id": f"t{i}y", "question": f"In which year was the {topic} survey?",
-                          "answers": [year, f"in {year}"]})
-        if i >= 2:
-            dev.append({"id": f"d{i}", "question": f"When was the first {topic} survey led?", "answers": [year],
-                        "gold_pid": f"p{i}a"})
-    for name, lines in (("train.jsonl", train), ("dev.jsonl", dev)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
-    return root
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -71,7 +41,7 @@ def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         base = tmp_path_factory.mktemp("fidkd")
         mp.setenv("DISTILLIR_CACHE", str(base / "cache"))
-        yield base, make_dataset(base / "qa")
+        yield base, write_toy_qa(base / "qa")
 
 
 def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> FiDKDConfig:
@@ -86,23 +56,6 @@ def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> FiDKDConfig:
         "encode.batch_size=16", f"eval.dataset={data}", "eval.split=dev", "eval.max_queries=null", "eval.top_k=5",
         *extra,
     ])
-
-
-class KillAt(TrainerCallback):
-    """Raise at `step` of the trainer whose output dir ends with `where` (e.g. round-2/retriever)."""
-
-    def __init__(self, where: str, step: int):
-        self.where, self.step = where, step
-
-    def on_step_end(self, trainer):
-        if trainer.output_dir.as_posix().endswith(self.where) and trainer.state.global_step == self.step:
-            raise KeyboardInterrupt("killed")
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +119,7 @@ def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert
     ref_out, ref_results, _ = reference
     out = base / "killed"
     with pytest.raises(KeyboardInterrupt):  # killed in round 2's reader training, after its step-1 checkpoint
-        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out), callbacks=[KillAt("round-2/reader", 2)])
+        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out), callbacks=[KillAt(2, "round-2/reader")])
     assert [s for s, _ in list_checkpoints(out / "round-2" / "reader")] == [1]
     assert not (out / "round-2" / "stages" / "reader.json").exists()
     with pytest.raises(ConfigError, match="already holds a run"):
@@ -175,7 +128,7 @@ def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert
     stages: list[tuple[int, str, bool]] = []
     hook = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"])))
     with pytest.raises(KeyboardInterrupt):  # resumed, then killed again in round 2's retriever training
-        hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"), callbacks=[KillAt("round-2/retriever", 3)])
+        hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"), callbacks=[KillAt(3, "round-2/retriever")])
     assert stages == [(1, s, True) for s in STAGES] + [(2, "retrieve", True), (2, "reader", False),
                                                        (2, "reader_eval", False), (2, "teacher", False)]
     assert json.loads((out / "round-2" / "stages" / "reader.json").read_text())["train"]["resumed_from"].endswith(

@@ -1,7 +1,4 @@
-"""The cross-encoder recipe end to end on a handmade BEIR-layout dataset with the tiny BERT; the list collator.
-
-Also holds the helpers the RocketQAv2 and AR2 recipe tests share (`make_dataset`, `KillAt`).
-"""
+"""The cross-encoder recipe end to end on a handmade BEIR-layout dataset with the tiny BERT; the list collator."""
 
 from __future__ import annotations
 
@@ -11,55 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from distillir.data.toy import write_toy_beir
 from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.common.ranking import CandidateListCollator
 from distillir.recipes.cross_encoder import CrossEncoderConfig, CrossEncoderRecipe
 from distillir.training.config import load_config
-from distillir.training.state import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-TOPICS = ["volcano", "glacier", "protein", "galaxy", "bacteria", "river", "neuron", "comet"]
-
-
-def make_dataset(root: Path) -> Path:
-    """8 topics x 2 passages; one train and one test claim per topic, relevant to the topic's first passage."""
-    (root / "qrels").mkdir(parents=True)
-    corpus, queries, train, test = [], [], [], []
-    for i, topic in enumerate(TOPICS):
-        corpus.append({"_id": f"d{i}a", "title": topic.title(), "text": f"The {topic} is studied by scientists."})
-        corpus.append({"_id": f"d{i}b", "title": "", "text": f"Another note mentioning the {topic} briefly."})
-        queries.append({"_id": f"train{i}", "text": f"what do scientists study about the {topic}"})
-        queries.append({"_id": f"test{i}", "text": f"{topic} research"})
-        train.append(f"train{i}\td{i}a\t1")
-        test.append(f"test{i}\td{i}a\t1")
-    for name, rows in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    for split, rows in (("train", train), ("test", test)):
-        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return root
-
-
 @pytest.fixture()
 def tiny_dataset(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))  # BM25 and embedding caches stay here
-    return make_dataset(tmp_path / "tiny")
-
-
-class KillAt(TrainerCallback):
-    """Interrupt the training run whose output_dir ends with `where` once it reaches `step`."""
-
-    def __init__(self, step: int, where: str = ""):
-        self.step = step
-        self.where = where
-
-    def on_step_end(self, trainer):
-        if trainer.state.global_step == self.step and str(trainer.output_dir).endswith(self.where):
-            raise KeyboardInterrupt(f"killed {trainer.output_dir} at step {self.step}")
-
-
-def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return write_toy_beir(tmp_path / "tiny")
 
 
 def train_lists_loss(ranker, out: Path, corpus_path: Path) -> float:

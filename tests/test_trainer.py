@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import KillAt
 from torch import nn
 
 from distillir.errors import ConfigError
@@ -67,15 +68,6 @@ def bert_trainer(bert_dir, out, callbacks=(), **overrides) -> Trainer:
                 "save_steps": 2, "log_steps": 1}
     args = TrainingArguments(output_dir=out, **{**settings, **overrides})
     return Trainer(model, args, PAIRS, bert_collate(model.tokenizer), loss_fn=bert_loss, callbacks=callbacks)
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer):
-        if trainer.state.global_step == self.step:
-            raise KeyboardInterrupt(f"killed after step {self.step}")
 
 
 class Toy(nn.Module):

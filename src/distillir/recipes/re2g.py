@@ -43,7 +43,13 @@ from distillir.readers.rag import marginal_log_likelihood, predict_marginal, top
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
-from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, qa_training_split
+from distillir.recipes.common.reading import (
+    CollatorRNGCallback,
+    build_reader,
+    evaluate_retrieval,
+    load_eval_split,
+    qa_training_split,
+)
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages, read_json
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
@@ -371,7 +377,9 @@ class Re2GRecipe(Recipe):
                                              resume=config.resume)
         trainer = Trainer(model, args, lists, Re2GCollator(ranker, encoder, self.corpus, embeddings),
                           loss_fn=Re2GStep(lists, self.corpus, collate, e, scale), param_groups=groups,
-                          callbacks=self.callbacks)
+                          # The answer drawn for each question comes from the collator's own RNG: checkpointed, so
+                          # a resumed run draws what an uninterrupted one would.
+                          callbacks=[CollatorRNGCallback(collate), *self.callbacks])
         summary = trainer.train()
         final = out / FINAL_DIR
         encoder.save_pretrained(final / "query_encoder")
