@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+
 def toy_datasets():
     """`distillir.data.toy`'s writers; from this repository's source when the distillir being fingerprinted
     (an older checkout on PYTHONPATH) predates that module."""
