@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distillir.data.answers import AnswerMatcher
 from distillir.data.types import Corpus, Dataset, Qrels, Queries
 from distillir.errors import ConfigError, InputError
 from distillir.utils.io import atomic_write, iter_jsonl_objects
@@ -92,8 +93,6 @@ def mine_negatives(
         raise ConfigError("max_score filters on re-ranker scores: pass rerank_scores too")
     matcher = None
     if exclude_answers and queries.has_answers:
-        from distillir.data.answers import AnswerMatcher
-
         matcher = AnswerMatcher(corpus)
 
     mined: dict[str, list[str]] = {}

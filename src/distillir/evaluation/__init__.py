@@ -91,6 +91,7 @@ def evaluate_run(
 
     "queries" and "missing" count the evaluated queries and those absent from the run (scored 0).
     """
+    # pytrec_eval (qrels metrics) and regex (answer matching) load only when something is evaluated.
     from distillir.data import answers
     from distillir.evaluation import metrics as qrels_metrics
 

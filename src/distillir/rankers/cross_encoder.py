@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
+from distillir.models import resolve_model
 from distillir.rankers.base import Passage, Ranker
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
@@ -24,10 +25,6 @@ DEFAULT_QUERY_MAX_LENGTH = 64
 
 def _resolve(name_or_path: str | Path) -> str:
     """A hub id or path as `from_pretrained` should load it (packaged copies stand in for hub ids)."""
-    try:
-        from distillir.models import resolve_model
-    except ImportError:
-        return str(name_or_path)
     return resolve_model(name_or_path)
 
 

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from distillir.data.answers import AnswerMatcher
 from distillir.data.negatives import TrainingExample, build_examples, mine_negatives
 from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
@@ -187,8 +188,6 @@ def denoise_lists(
     rule `mine_negatives` applies. Queries left with no negative are left out of the examples (counted in
     `stats.lists_without_negatives`). Only queries of `queries` that have a known positive are used.
     """
-    from distillir.data.run import Run
-
     check_thresholds(pos_threshold, neg_threshold, scale)
     if depth < 1:
         raise ConfigError(f"depth must be at least 1, got {depth}")
@@ -212,8 +211,6 @@ def denoise_lists(
     answers_of = dict(zip(queries.ids, queries.answers))
     matcher = None
     if exclude_answers and queries.has_answers:
-        from distillir.data.answers import AnswerMatcher
-
         matcher = AnswerMatcher(corpus)
     values = []
     for qid in wanted:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
 from distillir.models.seq2seq import IGNORE_INDEX, Seq2SeqLM, token_log_likelihood
 from distillir.utils.io import atomic_dir, write_json
@@ -144,8 +145,6 @@ class GenerativeRetriever:
     @torch.no_grad()
     def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None):
         """Constrained beam search: each query's best `top_k` passages (a `Run`), scored by identifier log-prob."""
-        from distillir.data.run import Run
-
         ids_texts = list(queries.items()) if isinstance(queries, dict) else list(zip(queries.ids, queries.texts))
         beams = max(top_k, num_beams or top_k)
         was_training = self.model.training

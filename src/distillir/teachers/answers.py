@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from distillir.data.answers import has_answer
 from distillir.teachers.scores import TeacherScores
 
 ANSWER_MATCH_TEACHER = "answer-match"
@@ -17,8 +18,6 @@ ANSWER_MATCH_TEACHER = "answer-match"
 def answer_match_scores(examples: Iterable[dict], *, include_title: bool = False) -> TeacherScores:
     """Teacher scores for reader examples (the ctxs layout: id, question, answers, ctxs); examples without
     answers are skipped."""
-    from distillir.data.answers import has_answer
-
     scores = TeacherScores(ANSWER_MATCH_TEACHER)
     for ex in examples:
         answers = ex.get("answers")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from distillir.data.answers import has_answer
+
 
 def answer_hits(scores, examples: Iterable[dict]) -> dict[str, float | int]:
     """`scores`: a `TeacherScores`; `examples`: reader examples (the ctxs layout, with answers), whose ctxs
     order is the retriever's. Lists whose passages the scores do not all cover are skipped."""
-    from distillir.data.answers import has_answer
-
     lists = answer_lists = teacher_hit = retriever_hit = 0
     teacher_rr = retriever_rr = 0.0
     for ex in examples:

@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
 from distillir.utils.io import atomic_write, iter_jsonl_objects
 
@@ -87,8 +88,6 @@ class TeacherScores(Mapping[str, tuple[list[str], list[float]]]):
 
     def to_run(self, name: str | None = None):
         """The scores as a `Run` (ranking each question's candidates by the teacher), e.g. to evaluate them."""
-        from distillir.data.run import Run
-
         return Run({qid: zip(pids, scores) for qid, (pids, scores) in self._rows.items()}, name=name or self.teacher)
 
     def write(self, path: str | Path) -> None:
@@ -222,6 +221,8 @@ def score_with_reader(
     """
     import torch
 
+    # The reader-side modules import torch and transformers: only when a reader scores (the file format above
+    # stays light for `distillir.teachers`).
     from distillir.readers.fid_data import batched, load_fid_examples
     from distillir.teachers.attention import attention_scores, resolve_aggregation
     from distillir.teachers.likelihood import answer_log_likelihood, leave_one_out_scores

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from distillir.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -109,8 +111,6 @@ def cache_dir() -> Path:
 def iter_jsonl_objects(path: str | Path, what: str = "file") -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a missing file, bad JSON or a
     non-object line raises InputError naming the file and line."""
-    from distillir.errors import InputError
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"{what} not found")

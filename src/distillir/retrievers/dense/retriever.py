@@ -20,7 +20,7 @@ from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import IndexMismatchError, InputError
 from distillir.models import DEFAULT_ENCODER, local_model_dir, model_fingerprint
-from distillir.retrievers.base import Retriever, query_lists
+from distillir.retrievers.base import Retriever, load_index, query_lists
 from distillir.retrievers.dense.encoder import PASSAGE_INPUT, BiEncoder, encode_corpus_cached
 from distillir.retrievers.dense.index import (
     EMBEDDINGS_FILE,
@@ -197,8 +197,6 @@ class DenseRetriever(Retriever):
         corpus: Corpus | None = None,
     ) -> DenseRetriever:
         """Open a saved dense index; `encoder` replaces the stored reference only if it is the same model."""
-        from distillir.retrievers.base import load_index
-
         retriever = load_index(directory, corpus, encoder=encoder, device=device)
         if not isinstance(retriever, cls):
             raise InputError(directory, f"not a dense index (kind {retriever.kind!r})")
