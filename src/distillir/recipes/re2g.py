@@ -54,7 +54,7 @@ from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Re
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
-from distillir.retrievers.hybrid import reciprocal_rank_fusion
+from distillir.retrievers.hybrid import union_of_tops
 from distillir.training.arguments import TrainConfig, TrainingArguments
 from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
@@ -153,22 +153,6 @@ class CandidateList:
     pids: list[str]
 
 
-def merged_candidates(bm25_run, dense_run, bm25_depth: int, dense_depth: int):
-    """Union of BM25's top `bm25_depth` and the dense top `dense_depth` per question, in RRF order."""
-    runs = [r.top(d) for r, d in ((bm25_run, bm25_depth), (dense_run, dense_depth)) if d > 0]
-    return reciprocal_rank_fusion(runs, top_k=bm25_depth + dense_depth)
-
-
-class Re2GModel(nn.Module):
-    """The three trained parts as one module, so one Trainer steps (and checkpoints) them together."""
-
-    def __init__(self, query_encoder, ranker, generator):
-        super().__init__()
-        self.query_encoder = query_encoder
-        self.ranker = ranker
-        self.generator = generator
-
-
 class Re2GCollator:
     """CandidateLists -> {"pairs" (B*C re-ranker inputs), "query", "passage_embeddings" (B, C, d), "mask",
     "rows" (indices into the training lists)}; C = the batch's longest list, shorter ones padded and masked."""
@@ -185,16 +169,12 @@ class Re2GCollator:
         mask = torch.zeros(len(examples), width, dtype=torch.bool)
         queries, titles, texts = [], [], []
         for i, ex in enumerate(examples):
-            for j in range(width):
-                if j < len(ex.pids):
-                    row = self.corpus.index_of[ex.pids[j]]
-                    rows[i, j], mask[i, j] = row, True
-                    titles.append(self.corpus.titles[row])
-                    texts.append(self.corpus.texts[row])
-                else:
-                    titles.append("")
-                    texts.append("")
-                queries.append(ex.question)
+            index = [self.corpus.index_of[pid] for pid in ex.pids]
+            rows[i, : len(index)], mask[i, : len(index)] = torch.tensor(index), True
+            pad = [""] * (width - len(index))
+            titles += [self.corpus.titles[r] for r in index] + pad
+            texts += [self.corpus.texts[r] for r in index] + pad
+            queries += [ex.question] * width
         return {
             "pairs": self.ranker.tokenize(queries, titles, texts),
             "query": self.encoder.tokenize_queries([ex.question for ex in examples]),
@@ -206,14 +186,8 @@ class Re2GCollator:
 
 def generator_examples(lists: Sequence[CandidateList], chosen, corpus) -> list[dict]:
     """Reader examples (ctxs layout) holding each question's chosen candidates, in the chosen order."""
-    examples = []
-    for ex, picks in zip(lists, chosen):
-        ctxs = []
-        for j in picks:
-            row = corpus.index_of[ex.pids[j]]
-            ctxs.append({"id": ex.pids[j], "title": corpus.titles[row], "text": corpus.texts[row]})
-        examples.append({"id": ex.qid, "question": ex.question, "answers": ex.answers, "ctxs": ctxs})
-    return examples
+    return [{"id": ex.qid, "question": ex.question, "answers": ex.answers,
+             "ctxs": [corpus.passage(ex.pids[j]) for j in picks]} for ex, picks in zip(lists, chosen)]
 
 
 class Re2GStep:
@@ -306,7 +280,7 @@ class Re2GRecipe(Recipe):
             depth = max(r.bm25_depth, r.dense_depth, config.eval.top_k if split == "eval" and config.eval else 0)
             bm25 = bm25_cached(corpus).search(queries, top_k=depth)
             dense = self._dense(encoder, corpus, config).search(queries, top_k=depth)
-            merged = merged_candidates(bm25, dense, r.bm25_depth, r.dense_depth)
+            merged = union_of_tops([(bm25, r.bm25_depth), (dense, r.dense_depth)])
             merged.write_jsonl(d / f"{split}.jsonl", queries, corpus)
             if split == "eval":
                 bm25.write_trec(d / "eval_bm25.trec", tag="bm25")
@@ -366,7 +340,8 @@ class Re2GRecipe(Recipe):
         generator = build_reader(config.generator, e.n_generate, config.seed)
         embeddings = encode_corpus_cached(encoder, self.corpus, config.retrieval.batch_size,
                                           dtype=config.retrieval.dtype)
-        model = Re2GModel(encoder, ranker, generator)
+        # One module (attribute access by key), so one Trainer steps and checkpoints all three parts together.
+        model = nn.ModuleDict({"query_encoder": encoder, "ranker": ranker, "generator": generator})
         lr = e.trainer.learning_rate
         groups = [{"params": generator, "lr": lr}, {"params": ranker, "lr": e.ranker_learning_rate or lr}]
         if e.query_encoder == "distill":
@@ -377,8 +352,7 @@ class Re2GRecipe(Recipe):
                                              resume=config.resume)
         trainer = Trainer(model, args, lists, Re2GCollator(ranker, encoder, self.corpus, embeddings),
                           loss_fn=Re2GStep(lists, self.corpus, collate, e, scale), param_groups=groups,
-                          # The answer drawn for each question comes from the collator's own RNG: checkpointed, so
-                          # a resumed run draws what an uninterrupted one would.
+                          # The collator draws each question's answer: its RNG is checkpointed for exact resumes.
                           callbacks=[CollatorRNGCallback(collate), *self.callbacks])
         summary = trainer.train()
         final = out / FINAL_DIR
@@ -394,7 +368,7 @@ class Re2GRecipe(Recipe):
         ds = self.eval_ds
         dense = self._dense(encoder, ds.corpus, config).search(ds.queries, top_k=max(ev.top_k, r.dense_depth))
         bm25 = bm25_cached(ds.corpus).search(ds.queries, top_k=r.bm25_depth)
-        merged = merged_candidates(bm25, dense, r.bm25_depth, r.dense_depth)
+        merged = union_of_tops([(bm25, r.bm25_depth), (dense, r.dense_depth)])
         ranker = CrossEncoder.from_pretrained(final / "ranker")
         reranked = ranker.rerank(merged, ds.queries, ds.corpus, top_k=r.bm25_depth + r.dense_depth,
                                  batch_size=64)
@@ -419,4 +393,4 @@ class Re2GRecipe(Recipe):
         return {"metrics": {**start, **metrics}}
 
 
-__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep", "merged_candidates"]
+__all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep"]

@@ -218,3 +218,10 @@ def _accepted_kwargs(function, kwargs: dict[str, Any]) -> dict[str, Any]:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return dict(kwargs)
     return {k: v for k, v in kwargs.items() if k in parameters}
+
+
+def union_of_tops(runs_and_depths: Sequence[tuple[Run, int]], k: float = 60) -> Run:
+    """Each query's union of several runs' tops (run, depth), deduplicated, in RRF order: Re2G's merged BM25 +
+    dense candidates, whose scores only a re-ranker makes comparable."""
+    runs = [run.top(depth) for run, depth in runs_and_depths if depth > 0]
+    return reciprocal_rank_fusion(runs, k=k, top_k=sum(depth for _, depth in runs_and_depths))

@@ -185,11 +185,9 @@ class Trainer:
                 "processes); lower trainer.per_device_batch_size or add examples"
             )
         max_steps = self.args.max_steps or steps_per_epoch * self.args.num_epochs
-        self.state.steps_per_epoch = steps_per_epoch
-        self.state.max_steps = max_steps
-        self.state.num_examples = n
-        self.state.global_batch_size = self.global_batch_size
-        self.state.num_processes = self.accelerator.num_processes
+        s = self.state
+        s.steps_per_epoch, s.max_steps, s.num_examples = steps_per_epoch, max_steps, n
+        s.global_batch_size, s.num_processes = self.global_batch_size, self.accelerator.num_processes
 
     def _optimizer_groups(self) -> list[dict[str, Any]]:
         if self.param_groups is not None:
@@ -205,10 +203,7 @@ class Trainer:
             if param.requires_grad:
                 # Biases and norm weights are vectors; decaying them only hurts (BERT's recipe).
                 (no_decay if param.ndim < 2 else decay).append(param)
-        groups = [
-            {"params": decay, "weight_decay": self.args.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        groups = [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
 
     def _warmup_steps(self) -> int:
