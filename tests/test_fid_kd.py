@@ -18,7 +18,7 @@ from distillir.recipes.common.distill import (
     ListCollator,
     build_student,
     list_examples,
-    list_scores,
+    student_list_scores,
     teacher_agreement,
 )
 from distillir.recipes.fid_kd import STAGES, FiDKDConfig, FiDKDRecipe
@@ -235,13 +235,13 @@ def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, 
     assert batch["passage"]["input_ids"].shape[0] == 6 and batch["mask"].tolist() == [[True] * 3, [True] + [False] * 2]
     encoder.eval()
     with torch.no_grad():
-        scores = list_scores(encoder, batch)
+        scores = student_list_scores(encoder, batch)
         for i, ex in enumerate(examples):
             q = encoder.encode_query(encoder.tokenize_queries([ex.query]))
             p = encoder.encode_passage(encoder.tokenize_passages([corpus.titles[corpus.index_of[x]] for x in ex.pids],
                                                                  [corpus.texts[corpus.index_of[x]] for x in ex.pids]))
             assert torch.allclose(scores[i, : len(ex.pids)], encoder.similarity(q, p)[0], atol=1e-5)
-        cross = list_scores(encoder, batch, cross=True)  # (B, B, n): question b against list c
+        cross = student_list_scores(encoder, batch, cross=True)  # (B, B, n): question b against list c
         assert cross.shape == (2, 2, 3)
         assert torch.allclose(torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1), scores, atol=1e-5)
         q = encoder.encode_query(encoder.tokenize_queries([examples[1].query]))
@@ -310,9 +310,9 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
                 ListExample("b", "which year", ["p3a"], [0.5])]
     with torch.no_grad():
-        online = list_scores(encoder, ListCollator(encoder, corpus)(examples))
+        online = student_list_scores(encoder, ListCollator(encoder, corpus)(examples))
         batch = ListCollator(encoder, corpus, encoder.encode_corpus(corpus, batch_size=16))(examples)
         assert "passage" not in batch and batch["passage_embeddings"].shape[:2] == (2, 3)
-        assert torch.allclose(list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
+        assert torch.allclose(student_list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
     with pytest.raises(ConfigError):
         build_student(StudentConfig(model=tiny_bert_dir)).freeze_passage_tower()

@@ -128,7 +128,7 @@ class ListCollator:
         }
 
 
-def list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
+def student_list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
     """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list;
     `cross`: (B, B, n), question b with every list c of the batch (c = b: its own)."""
     q = encoder.encode_query(batch["query"])
@@ -164,8 +164,8 @@ class ListDistillLoss:
 
     def __call__(self, model, batch):
         if self.in_batch is None:
-            return self.loss(list_scores(model, batch), batch["teacher"], batch["mask"])
-        cross = list_scores(model, batch, cross=True)
+            return self.loss(student_list_scores(model, batch), batch["teacher"], batch["mask"])
+        cross = student_list_scores(model, batch, cross=True)
         own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
         return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"])
 
@@ -195,7 +195,7 @@ def teacher_agreement(encoder, examples: Sequence[ListExample], corpus, *, tempe
             for start in range(0, len(examples), batch_size):
                 chunk = examples[start:start + batch_size]
                 batch = collate(chunk)
-                student = list_scores(encoder, batch).float().cpu()
+                student = student_list_scores(encoder, batch).float().cpu()
                 for i, ex in enumerate(chunk):
                     n = len(ex.pids)
                     s, t = student[i, :n], torch.tensor(ex.scores, dtype=torch.float32)
@@ -284,7 +284,7 @@ __all__ = [
     "build_student",
     "distillation_loss",
     "list_examples",
-    "list_scores",
+    "student_list_scores",
     "teacher_agreement",
     "teacher_targets",
     "train_student",

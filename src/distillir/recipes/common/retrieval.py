@@ -58,7 +58,9 @@ class RetrieverRanker(nn.Module):
 
 
 def retriever_list_scores(encoder, batch: dict[str, Any], temperature: float = 1.0) -> Tensor:
-    """(B, n) retriever scores of each query against its own list: E_q(q) . E_p(p) * scale / temperature."""
+    """(B, n) retriever scores of each query against its own list: E_q(q) . E_p(p) * scale / temperature, in the
+    model's precision (RocketQAv2, AR2). `common.distill.student_list_scores` is the distillation student's: in
+    float32, over precomputed passage embeddings too, and against the whole batch's lists."""
     mask = batch["mask"]
     q = encoder.encode_query(batch["query"])
     p = encoder.encode_passage(batch["passage"]).view(mask.shape[0], mask.shape[1], -1)
