@@ -48,7 +48,7 @@ from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.readers.fid_data import load_fid_examples
-from distillir.recipes.common.config import EncodeConfig, ReaderConfig, StudentConfig
+from distillir.recipes.common.config import EncodeConfig, QAEvalConfig, ReaderConfig, StudentConfig
 from distillir.recipes.common.distill import build_student, list_examples, train_student
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
@@ -86,21 +86,12 @@ PREDICTIONS_FILE = "predictions.json"
 
 
 @dataclass
-class FiDKDEval:
+class FiDKDEval(QAEvalConfig):
     """Evaluation after every stage that changes a model: retriever answer recall (Top-k), gold MRR@10 and
     recall (from the eval split's qrels, used for evaluation only), and reader EM / F1."""
 
-    dataset: str | None = None  # None: the training dataset (same corpus: one index serves both)
-    split: str = "dev"
-    max_queries: int | None = 1000  # a seeded sample; null: every question of the split
-    top_k: int = 100  # retrieval depth evaluated (Top-1/5/20/100)
     start_retriever: bool = True  # also evaluate the retriever round 1 starts from (BM25 / `start`)
     reader: bool = True  # reader EM / F1 on the eval questions' top-n
-    reader_max_queries: int | None = None  # read only the first N sampled eval questions (generation is slow)
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
 
 
 @dataclass

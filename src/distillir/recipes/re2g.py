@@ -40,7 +40,7 @@ from distillir.rankers.cross_encoder import CrossEncoder
 from distillir.readers.fid import FiDReader
 from distillir.readers.fid_data import load_fid_examples
 from distillir.readers.rag import marginal_log_likelihood, predict_marginal, top_passages
-from distillir.recipes.common.config import ReaderConfig
+from distillir.recipes.common.config import QAEvalConfig, ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
 from distillir.recipes.common.reading import (
@@ -115,12 +115,7 @@ class Re2GEndToEnd:
 
 
 @dataclass
-class Re2GEval:
-    dataset: str | None = None  # None: the training dataset
-    split: str = "dev"
-    max_queries: int | None = 1000
-    top_k: int = 100  # depth of the BM25 / dense runs evaluated on their own
-    reader_max_queries: int | None = None  # generate for the first N eval questions only
+class Re2GEval(QAEvalConfig):
     batch_size: int = 8  # questions per generation batch
 
 

@@ -76,6 +76,22 @@ class EvalConfig:
 
 
 @dataclass
+class QAEvalConfig:
+    """Evaluate on a QA split (question + answers, gold passage ids for evaluation only): retriever answer recall
+    (Top-k), gold MRR@10 and recall, and a reader's or generator's EM / F1 (FiD-KD, Re2G)."""
+
+    dataset: str | None = None  # None: the training dataset (same corpus: one index serves both)
+    split: str = "dev"
+    max_queries: int | None = 1000  # a seeded sample; null: every question of the split
+    top_k: int = 100  # retrieval depth evaluated (Top-1/5/20/100)
+    reader_max_queries: int | None = None  # read only the first N sampled eval questions (generation is slow)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
+
+
+@dataclass
 class PipelineEvalConfig(EvalConfig):
     """Evaluate the retriever (dense index over the split's corpus); with `rerank_top_k`, also the re-ranker
     re-ranking the retriever's top-k."""
