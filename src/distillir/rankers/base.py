@@ -17,13 +17,8 @@ class Ranker(ABC):
     """Scores query-passage pairs; higher is more relevant. Subclasses implement `score_pairs`."""
 
     @abstractmethod
-    def score_pairs(
-        self,
-        queries: Sequence[str],
-        passages: Sequence[Passage],
-        batch_size: int = 32,
-        show_progress: bool = False,
-    ) -> list[float]:
+    def score_pairs(self, queries: Sequence[str], passages: Sequence[Passage], batch_size: int = 32,
+                    show_progress: bool = False) -> list[float]:
         """One score per pair (queries[i], passages[i]), in input order."""
 
     def score(

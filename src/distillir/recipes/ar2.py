@@ -71,6 +71,7 @@ from distillir.recipes.common.run import (
     FINAL_DIR,
     METRICS_FILE,
     Recipe,
+    RunConfig,
     finish_phase,
     phase_done,
     read_json,
@@ -91,10 +92,8 @@ RETRIEVER_DIR = "retriever"
 
 
 @dataclass
-class AR2Config:
+class AR2Config(RunConfig):
     output_dir: str = "runs/ar2"
-    seed: int = 42
-    resume: bool = False
     retriever: str = DEFAULT_ENCODER  # hub id or local path (AR2 starts from a warmed-up DPR retriever)
     shared_encoder: bool = False  # one tower for questions and passages; False: two copies, trained apart
     normalize: bool | None = None  # unit-length embeddings; None: as the model's files say

@@ -28,7 +28,7 @@ from distillir.rankers.cross_encoder import CrossEncoder
 from distillir.recipes.common.config import RerankEvalConfig, TrainSplit, check_head_learning_rate, check_list_size
 from distillir.recipes.common.lists import LISTS_FILE, mined_training_lists
 from distillir.recipes.common.ranking import evaluate_rerank, first_stage_run, train_ranker
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe, RunConfig
 from distillir.training.arguments import TrainConfig
 from distillir.training.state import process_state
 from distillir.utils.io import write_json
@@ -51,10 +51,8 @@ class RankerNegatives:
 
 
 @dataclass
-class CrossEncoderConfig:
+class CrossEncoderConfig(RunConfig):
     output_dir: str = "runs/cross-encoder"
-    seed: int = 42
-    resume: bool = False
     model: str = DEFAULT_ENCODER  # hub id or local path: a plain encoder gets a fresh one-logit head
     max_length: int = 256  # query + passage tokens
     query_max_length: int | None = None  # None: 64, or half of max_length if less

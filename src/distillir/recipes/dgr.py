@@ -42,7 +42,7 @@ from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
 from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, torch_device
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
 from distillir.teachers.scores import TeacherScores, read_teacher_scores
@@ -99,10 +99,8 @@ class DGREval:
 
 
 @dataclass
-class DGRConfig:
+class DGRConfig(RunConfig):
     output_dir: str = "runs/dgr"
-    seed: int = 42
-    resume: bool = False
     dataset: str = "scifact"
     train_split: str = "train"
     max_train_queries: int | None = None

@@ -23,7 +23,7 @@ from distillir.models import DEFAULT_ENCODER
 from distillir.recipes.common.config import EvalConfig, TrainSplit, check_temperature
 from distillir.recipes.common.lists import LISTS_FILE, mined_training_lists
 from distillir.recipes.common.retrieval import evaluate_dense
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe, RunConfig
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder
 from distillir.training.arguments import TrainConfig, TrainingArguments
@@ -51,10 +51,8 @@ class DPRNegatives:
 
 
 @dataclass
-class DPRConfig:
+class DPRConfig(RunConfig):
     output_dir: str = "runs/dpr"
-    seed: int = 42
-    resume: bool = False
     model: str = DEFAULT_ENCODER  # hub id or local path
     shared_encoder: bool = True  # one tower for questions and passages; False: two copies, trained apart
     normalize: bool | None = None  # unit-length embeddings (cosine); None: as the model's files say

@@ -63,7 +63,7 @@ from distillir.recipes.common.reading import (
     score_teacher,
     torch_device,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.teachers.quality import answer_hits
@@ -111,10 +111,8 @@ class FiDKDTeacher:
 
 
 @dataclass
-class FiDKDConfig:
+class FiDKDConfig(RunConfig):
     output_dir: str = "runs/fid-kd"
-    seed: int = 42
-    resume: bool = False
     dataset: str = "squad-open"  # a known name or a QA dataset directory (question + answers per line)
     train_split: str = "train"
     max_train_queries: int | None = 1000  # a seeded sample of the training questions; null: all

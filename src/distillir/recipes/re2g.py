@@ -50,7 +50,7 @@ from distillir.recipes.common.reading import (
     load_eval_split,
     qa_training_split,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, Stages, read_json
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, read_json
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
@@ -120,10 +120,8 @@ class Re2GEval(QAEvalConfig):
 
 
 @dataclass
-class Re2GConfig:
+class Re2GConfig(RunConfig):
     output_dir: str = "runs/re2g"
-    seed: int = 42
-    resume: bool = False
     dataset: str = "squad-open"  # a QA dataset (question + answers per line)
     train_split: str = "train"
     max_train_queries: int | None = 1000

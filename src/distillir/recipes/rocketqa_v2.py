@@ -60,7 +60,7 @@ from distillir.recipes.common.retrieval import (
     load_retriever,
     retriever_list_scores,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe, read_json, saved_baseline
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, Recipe, RunConfig, read_json, saved_baseline
 from distillir.training.arguments import TrainConfig
 from distillir.training.state import process_state
 from distillir.training.trainer import Trainer
@@ -116,10 +116,8 @@ class DenoiseConfig:
 
 
 @dataclass
-class RocketQAv2Config:
+class RocketQAv2Config(RunConfig):
     output_dir: str = "runs/rocketqa-v2"
-    seed: int = 42
-    resume: bool = False
     retriever: str = DEFAULT_ENCODER  # hub id or local path
     shared_encoder: bool = False  # RocketQA's dual encoder has separate towers (both start from `retriever`)
     normalize: bool | None = None  # unit-length embeddings; None: as the model's files say

@@ -186,14 +186,8 @@ class BM25Retriever(Retriever):
         self.model.save(str(tmp_dir), show_progress=False)
 
     @classmethod
-    def _load_from(
-        cls,
-        directory: Path,
-        manifest: dict[str, Any],
-        passage_ids: list[str],
-        mmap: bool = False,
-        n_threads: int = 0,
-    ) -> BM25Retriever:
+    def _load_from(cls, directory: Path, manifest: dict[str, Any], passage_ids: list[str], mmap: bool = False,
+                   n_threads: int = 0) -> BM25Retriever:
         """`mmap=True` maps the score arrays instead of reading them, for indexes larger than memory."""
         import bm25s
 

@@ -20,6 +20,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +39,16 @@ METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"
 STAGES_DIR = "stages"
 PHASE_SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunConfig:
+    """What every recipe's config starts with: where the run lives, its seed, whether to continue it (the CLI's
+    --resume). A recipe's config subclasses it and gives `output_dir` its own default."""
+
+    output_dir: str = "runs/run"
+    seed: int = 42
+    resume: bool = False
 
 
 class Recipe(ABC):
@@ -165,5 +176,5 @@ def saved_baseline(path: Path, resume: bool, key: str = "baseline"):
     return None if saved is None else saved.get(key)
 
 
-__all__ = ["FINAL_DIR", "METRICS_FILE", "PHASE_SUMMARY_FILE", "RESULTS_FILE", "STAGES_DIR", "Recipe", "Stages",
+__all__ = ["FINAL_DIR", "METRICS_FILE", "PHASE_SUMMARY_FILE", "RESULTS_FILE", "STAGES_DIR", "Recipe", "RunConfig", "Stages",
            "finish_phase", "phase_done", "read_json", "read_phase_summary", "saved_baseline", "seed_everything"]
