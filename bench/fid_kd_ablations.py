@@ -130,6 +130,7 @@ class Ablations:
 
         from distillir.readers.fid_data import load_fid_examples
         from distillir.recipes.common.reading import inference_autocast
+        from distillir.teachers.attention import attention_scores
         from distillir.teachers.likelihood import answer_log_likelihood
 
         config, reader = self._round1_reader()
@@ -150,11 +151,12 @@ class Ablations:
 
         variants = {
             "plain": lambda i: reader(**batches[i].model_inputs()),
-            "fid (same pass, with labels)": lambda i: reader(**batches[i].model_inputs(), teacher="fid"),
-            "post_softmax (same pass)": lambda i: reader(**batches[i].model_inputs(), teacher="post_softmax"),
-            "all_tokens (same pass)": lambda i: reader(**batches[i].model_inputs(), teacher="all_tokens"),
-            "adist (same pass)": lambda i: reader(**batches[i].model_inputs(), teacher="adist"),
-            "fid, first token, no labels": lambda i: reader(**bare[i].model_inputs(), teacher="fid"),
+            # The reader captures the attention in the same forward (with the loss); the teacher aggregates it.
+            "fid (same pass, with labels)": lambda i: attention_scores(reader, batches[i], "fid"),
+            "post_softmax (same pass)": lambda i: attention_scores(reader, batches[i], "post_softmax"),
+            "all_tokens (same pass)": lambda i: attention_scores(reader, batches[i], "all_tokens"),
+            "adist (same pass)": lambda i: attention_scores(reader, batches[i], "adist"),
+            "fid, first token, no labels": lambda i: attention_scores(reader, bare[i], "fid"),
             "pdist (n single-passage decodes)": lambda i: answer_log_likelihood(reader, batches[i]),
         }
         repeats = 5
