@@ -76,3 +76,14 @@ def tiny_queries():
         answers=[["Paris"], ["1889"], ["chemical energy"]],
         gold_ids=[["p1"], ["p2"], ["p4"]],
     )
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The models here are tiny: one intra-op thread is as fast, and far faster on a shared, busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ from distillir.recipes.re2g import Re2GConfig, Re2GRecipe
 from distillir.teachers.likelihood import answer_log_likelihood
 from distillir.training.config import load_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is as fast
 
 
 @pytest.fixture(scope="module")

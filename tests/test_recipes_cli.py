@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from distillir.cli.main import app
@@ -18,6 +17,8 @@ from distillir.recipes import RECIPES, get_recipe
 from distillir.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is as fast
 
 
 def smoke_module():
@@ -34,14 +35,6 @@ def smoke(tmp_path_factory, tiny_bert_dir):
         mp.setenv("DISTILLIR_CACHE", str(base / "cache"))
         module = smoke_module()
         yield base, module, module.settings(tiny_bert_dir, write_toy_beir(base / "beir"), write_toy_qa(base / "qa"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_smoke_settings_cover_every_recipe(smoke):
