@@ -192,7 +192,7 @@ def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tm
                          "retriever.trainer={per_device_batch_size: 3, max_steps: 20, learning_rate: 2.0e-3, "
                          "save_steps: 0, log_steps: 5}", "retriever.agreement_sample=0")
     results = FiDKDRecipe().run(config)
-    assert list(results["rounds"][0]) == ["round", "retrieve", "retriever", "index", "wall_s"]  # no reader stages
+    assert list(results["rounds"][0]) == ["round", "retrieve", "retriever", "index", "guard", "wall_s"]  # no reader stages
 
     corpus = load_corpus(data)
     examples = list_examples(read_teacher_scores(path), corpus=corpus)
@@ -311,3 +311,57 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
         assert torch.allclose(student_list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
     with pytest.raises(ConfigError):
         build_student(StudentConfig(model=tiny_bert_dir)).freeze_passage_tower()
+
+
+@pytest.mark.parametrize("on_worse", ["keep", "continue"])
+def test_a_round_made_worse_on_purpose_is_rolled_back(env, tiny_bert_dir, tmp_path, monkeypatch, on_worse):
+    """Round 1 fails the label-free check (forced: every run collapses): with on_worse keep, round 2 retrieves
+    with the start retriever and starts the student afresh, and the result reports the start retriever."""
+    from distillir.evaluation import diagnostics
+
+    _, data = env
+
+    def always_collapsed(run):
+        return {"queries": len(run), "distinct_top1": 1, "top1_max_share": 1.0, "top1_max_pid": "x",
+                "collapsed": True}
+
+    monkeypatch.setattr(diagnostics, "top1_concentration", always_collapsed)
+    out = tmp_path / on_worse
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, f"on_worse={on_worse}"))
+    r1, r2 = results["rounds"]
+    assert r1["guard"]["worse"] and "collapsed" in r1["guard"]["reasons"][0]
+    if on_worse == "keep":
+        assert r1["guard"]["kept"] == "previous" and r2["retrieve"]["retriever"] == "bm25"
+        assert r2["retriever"]["start_from"] == tiny_bert_dir  # not round 1's student
+        assert results["kept_round"] == 0 and results["final_retriever"] == "bm25"
+        assert results["metrics"] == results["start_metrics"]
+        # Round 2 read the start retriever's lists: the same as round 1's.
+        assert (out / "round-2/retrieve/train.trec").read_text().replace("round-2", "round-1") == (
+            out / "round-1/retrieve/train.trec").read_text()
+    else:
+        assert r1["guard"]["kept"] == "new" and r2["retrieve"]["retriever"] == "round-1 retriever"
+        assert results["kept_round"] == 2
+    assert json.loads((out / "round-1" / "metrics.json").read_text())["guard"] == r1["guard"]
+    with pytest.raises(ConfigError, match="on_worse"):
+        load_config(FiDKDConfig, None, ["on_worse=ignore"])
+
+
+def test_falling_held_out_agreement_makes_a_round_worse(env, tiny_bert_dir, tmp_path, monkeypatch):
+    """With retriever.agreement_holdout, lists held out of training measure agreement with the teacher; a fall
+    (forced here) fails the round."""
+    from distillir.recipes.common import distill
+
+    _, data = env
+    calls = []
+
+    def falling(encoder, sample, corpus, **kwargs):
+        calls.append(len(sample))
+        return {"lists": len(sample), "kl": 0.0, "spearman": 0.0, "top1": 0.9 if len(calls) % 2 else 0.1}
+
+    monkeypatch.setattr(distill, "teacher_agreement", falling)
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, tmp_path / "held", "rounds=1",
+                                            "retriever.agreement_holdout=0.25"))
+    (r1,) = results["rounds"]
+    assert calls == [2, 2]  # 2 of the 8 lists held out, measured before and after
+    assert r1["retriever"]["lists"] == 6 and r1["retriever"]["agreement_held_out"]
+    assert r1["guard"]["worse"] and "held-out" in r1["guard"]["reasons"][0] and results["kept_round"] == 0

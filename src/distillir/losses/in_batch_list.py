@@ -24,7 +24,9 @@ class InBatchListLoss(nn.Module):
     """-log P_S(own list) over every passage in the batch, averaged over questions.
 
     Inputs: `cross_scores` (B, B, n): question b's scores for the passages of list c (c = b: its own list);
-    `mask` (B, n): True = a real passage of list c. Questions whose own list is empty are skipped.
+    `mask` (B, n): True = a real passage of list c; `own_mask` (B, n, default `mask`): the entries of its own
+    list a question should keep its mass on (not those at teacher probability 0, e.g. random negatives, which
+    count with the rest of the batch). Questions whose own list is empty are skipped.
     """
 
     def __init__(self, temperature: float = 1.0):
@@ -33,7 +35,7 @@ class InBatchListLoss(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, cross_scores: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, cross_scores: Tensor, mask: Tensor, own_mask: Tensor | None = None) -> Tensor:
         b, c, n = cross_scores.shape
         if b != c or mask.shape != (c, n):
             raise ValueError(f"cross scores {tuple(cross_scores.shape)} must be (B, B, n) with a (B, n) mask, "
@@ -41,9 +43,10 @@ class InBatchListLoss(nn.Module):
         scores = cross_scores.float() / self.temperature
         low = torch.finfo(scores.dtype).min
         everything = scores.masked_fill(~mask.unsqueeze(0), low).reshape(b, c * n)
-        own = torch.diagonal(scores, dim1=0, dim2=1).transpose(0, 1).masked_fill(~mask, low)  # (B, n)
+        own_mask = mask if own_mask is None else own_mask & mask
+        own = torch.diagonal(scores, dim1=0, dim2=1).transpose(0, 1).masked_fill(~own_mask, low)  # (B, n)
         per_query = torch.logsumexp(everything, dim=-1) - torch.logsumexp(own, dim=-1)
-        valid = mask.any(dim=-1)
+        valid = own_mask.any(dim=-1)
         if not bool(valid.any()):
             return per_query.sum() * 0.0
         return per_query[valid].mean()

@@ -83,7 +83,10 @@ class KLDivergenceLoss(nn.Module):
         student_log_p = masked_log_softmax(student_scores.float() / self.temperature, mask)
         teacher_log_p = masked_log_softmax(teacher_scores.float() / self.temperature, mask)
         pointwise = teacher_log_p.exp() * (teacher_log_p - student_log_p)
-        per_query = torch.where(mask, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)
+        # A teacher score of -inf is probability 0 (e.g. random negatives): it adds nothing, not 0 * inf, while
+        # the student's softmax still spreads over it.
+        known = mask & torch.isfinite(teacher_log_p)
+        per_query = torch.where(known, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)
         loss = mean_over_queries(per_query, mask.sum(dim=-1))
         if self.scale_by_t2:
             loss = loss * self.temperature**2

@@ -49,7 +49,7 @@ from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.readers.fid_data import load_fid_examples
 from distillir.recipes.common.config import EncodeConfig, QAEvalConfig, ReaderConfig, StudentConfig
-from distillir.recipes.common.distill import build_student, list_examples, train_student
+from distillir.recipes.common.distill import build_student, guard_round, list_examples, train_student
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
     build_reader,
@@ -123,6 +123,10 @@ class FiDKDConfig(RunConfig):
     # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
     # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
     on_collapse: str = "warn"
+    # A round that the label-free check (`common.distill.round_verdict`: collapse, or falling agreement with the
+    # teacher on held-out lists) finds worse than the retriever it started from: "keep" goes on with that earlier
+    # retriever (the next round retrieves with it and the result reports it), "continue" uses the new one anyway.
+    on_worse: str = "keep"
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     teacher: FiDKDTeacher = field(default_factory=FiDKDTeacher)
     retriever: StudentConfig = field(default_factory=StudentConfig)
@@ -139,6 +143,8 @@ class FiDKDConfig(RunConfig):
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
             raise ConfigError(f"max_train_queries must be at least 1 (or null), got {self.max_train_queries}")
+        if self.on_worse not in ("keep", "continue"):
+            raise ConfigError(f"on_worse must be 'keep' or 'continue', got {self.on_worse!r}")
         if self.on_collapse not in ("warn", "stop"):
             raise ConfigError(f"on_collapse must be 'warn' or 'stop', got {self.on_collapse!r}")
 
@@ -179,6 +185,7 @@ class FiDKDRecipe(Recipe):
 
         rounds: list[dict[str, Any]] = []
         stopped = None
+        self.in_effect = [0]  # after round k: the round whose retriever is in use (0: the start retriever)
         for k in range(1, config.rounds + 1):
             rounds.append(self.run_round(config, out, k))
             diagnostics = (rounds[-1].get("index") or {}).get("diagnostics") or {}
@@ -194,18 +201,22 @@ class FiDKDRecipe(Recipe):
         return results
 
     def _results(self, config: FiDKDConfig, out: Path, rounds: list[dict], partial: bool) -> dict[str, Any]:
-        last = out / f"round-{len(rounds)}"
+        kept = self.in_effect[len(rounds)] if rounds else 0
+        last = out / f"round-{kept}"
         first = rounds[0] if rounds else {}
+        start_metrics = (first.get("retrieve") or {}).get("metrics")
         return {
             "recipe": self.name, "output_dir": str(out), "complete": not partial,
             "train_questions": len(self.train_queries),
             "eval_questions": len(self.eval_ds.queries) if self.eval_ds is not None else 0,
             "start": config.start, "n_passages": config.n_passages, "loss": config.retriever.loss,
             "aggregation": None if config.teacher_scores else config.teacher.aggregation,
-            "teacher_scores": config.teacher_scores, "final_retriever": str(last / "retriever" / FINAL_DIR),
-            "final_reader": None if config.teacher_scores else str(last / "reader" / FINAL_DIR),
-            "start_metrics": (first.get("retrieve") or {}).get("metrics"),
-            "metrics": (rounds[-1].get("index") or {}).get("metrics") if rounds else None,
+            "teacher_scores": config.teacher_scores, "kept_round": kept,
+            "final_retriever": str(last / "retriever" / FINAL_DIR) if kept else config.start,
+            "final_reader": None if config.teacher_scores or not rounds else str(
+                out / f"round-{len(rounds)}" / "reader" / FINAL_DIR),
+            "start_metrics": start_metrics,
+            "metrics": (rounds[kept - 1].get("index") or {}).get("metrics") if kept else start_metrics,
             "rounds": rounds,
         }
 
@@ -228,6 +239,9 @@ class FiDKDRecipe(Recipe):
         record["index"] = stages.run("index", lambda: self._index(config, rd))
         self._models.pop("student", None)
         free_accelerator_memory()
+        in_effect, record["guard"] = guard_round(k, self.in_effect[k - 1], record["retriever"], record["index"],
+                                                 config.on_worse)
+        self.in_effect.append(in_effect)
         record["wall_s"] = {name: record[name]["wall_s"] for name in STAGES if name in record}
         record["wall_s"]["round"] = round(sum(record["wall_s"].values()), 3)
         write_json(rd / METRICS_FILE, record)
@@ -251,12 +265,13 @@ class FiDKDRecipe(Recipe):
                     corpus, config.start, batch_size=config.encode.batch_size, dtype=config.encode.dtype, cache=True)
             return built[key]
 
-        info: dict[str, Any] = {"retriever": config.start if k == 1 else f"round-{k - 1} retriever"}
+        src = self.in_effect[k - 1]  # the retriever in use: the start one, or the last round kept
+        info: dict[str, Any] = {"retriever": f"round-{src} retriever" if src else config.start}
         if needs_train:
-            if k == 1:
+            if src == 0:
                 retriever = start_retriever(self.corpus)
             else:
-                retriever = DenseRetriever.load(out / f"round-{k - 1}" / "index", corpus=self.corpus)
+                retriever = DenseRetriever.load(out / f"round-{src}" / "index", corpus=self.corpus)
             train_run = retriever.search(self.train_queries, top_k=n)
             train_run.write_trec(d / "train.trec", tag=f"round-{k}")
             # A question with no hit (BM25: no known term) has nothing to read or to distil.
@@ -265,10 +280,10 @@ class FiDKDRecipe(Recipe):
             info["train_questions"] = len(read)
             info["train_questions_without_passages"] = len(train_run) - len(read)
         if needs_eval:
-            if k == 1:
+            if src == 0:
                 eval_run = start_retriever(self.eval_ds.corpus).search(self.eval_ds.queries, top_k=config.eval.top_k)
-            else:  # the previous round evaluated this very retriever on these questions
-                eval_run = Run.read_trec(out / f"round-{k - 1}" / "eval" / "retriever.trec")
+            else:  # that round evaluated this very retriever on these questions
+                eval_run = Run.read_trec(out / f"round-{src}" / "eval" / "retriever.trec")
             eval_run.write_trec(d / "eval.trec", tag=f"round-{k}")
             eval_run.top(n).write_jsonl(d / "eval.jsonl", self.eval_ds.queries, self.eval_ds.corpus)
             info["metrics"] = evaluate_retrieval(eval_run, self.eval_ds)
@@ -340,9 +355,9 @@ class FiDKDRecipe(Recipe):
                                  source, normalize=config.teacher.normalize, scale=config.teacher.scale)
         if not examples:
             raise InputError(source, "no question with passages to distil from")
-        start_from = None
-        if k > 1 and cfg.continue_training:
-            start_from = out / f"round-{k - 1}" / "retriever" / FINAL_DIR
+        start_from, src = None, self.in_effect[k - 1]
+        if src and cfg.continue_training:
+            start_from = out / f"round-{src}" / "retriever" / FINAL_DIR
         student, info = train_student(cfg, examples, self.corpus, rd / "retriever", encode=config.encode,
                                       seed=config.seed, resume=config.resume, callbacks=self.callbacks,
                                       start_from=start_from)

@@ -173,7 +173,14 @@ class StudentConfig:
     # true: the batch's other lists are negatives too (teacher probability 0; losses.InBatchListLoss). The
     # paper distils over each question's own list only (false).
     in_batch_negatives: bool = False
+    # Random corpus passages added to each list at teacher probability 0 (fresh draws every step; KL only): the
+    # student also learns that passages unlike any candidate are wrong, which a list of near-misses never shows.
+    random_negatives: int = 0
     agreement_sample: int = 256  # training lists on which student-teacher agreement is measured (0: skip)
+    # Fraction of the lists held out of training, on which the agreement is measured instead (the label-free
+    # check of a round: does the student follow the teacher on lists it did not train on?). 0: the sample is
+    # drawn from the training lists.
+    agreement_holdout: float = 0.0
     trainer: TrainConfig = field(
         default_factory=lambda: TrainConfig(learning_rate=5e-5, warmup_ratio=0.05, per_device_batch_size=8)
     )
@@ -185,6 +192,11 @@ class StudentConfig:
             raise ConfigError(f"scale must be positive (or null for the default), got {self.scale}")
         if self.agreement_sample < 0:
             raise ConfigError(f"agreement_sample must not be negative, got {self.agreement_sample}")
+        if not 0.0 <= self.agreement_holdout < 1.0:
+            raise ConfigError(f"agreement_holdout must be in [0, 1), got {self.agreement_holdout}")
+        if self.random_negatives < 0 or (self.random_negatives and self.loss != "kl"):
+            raise ConfigError(f"random_negatives must be >= 0, and needs loss: kl (teacher probability 0), got "
+                              f"{self.random_negatives} with loss {self.loss!r}")
         if not self.train_passages and self.shared:
             self.shared = False  # a frozen passage tower beside a trained query tower: two towers
 

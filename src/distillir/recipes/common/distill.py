@@ -29,6 +29,9 @@ from distillir.retrievers.dense.inference import encode_corpus_cached
 from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
+from distillir.utils.log import get_logger
+
+logger = get_logger(__name__)
 
 AGREEMENT_BEFORE_FILE = "agreement_before.json"
 
@@ -84,14 +87,28 @@ class ListCollator:
     out), so `encode_passage(batch["passage"])` reshapes to (B, n, dim). teacher, mask: (B, n).
     """
 
-    def __init__(self, encoder, corpus, passage_embeddings=None):
+    def __init__(self, encoder, corpus, passage_embeddings=None, random_negatives: int = 0):
         """`passage_embeddings` (len(corpus), dim), in corpus order: give them (a frozen passage tower) and
-        batches carry "passage_embeddings" (B, n, dim) instead of passage tokens."""
+        batches carry "passage_embeddings" (B, n, dim) instead of passage tokens. `random_negatives`: that many
+        corpus passages outside the list join each list with teacher score -inf (probability 0), drawn with
+        Python's `random`, whose state the Trainer checkpoints."""
         self.encoder = encoder
         self.corpus = corpus
         self.passage_embeddings = passage_embeddings
+        self.random_negatives = random_negatives
+
+    def with_random_negatives(self, ex: ListExample) -> ListExample:
+        own = set(ex.pids)
+        extra: list[str] = []
+        while len(extra) < self.random_negatives and len(own) + len(extra) < len(self.corpus):
+            pid = self.corpus.ids[random.randrange(len(self.corpus))]
+            if pid not in own and pid not in extra:
+                extra.append(pid)
+        return ListExample(ex.qid, ex.query, [*ex.pids, *extra], [*ex.scores, *[float("-inf")] * len(extra)])
 
     def __call__(self, examples: Sequence[ListExample]) -> dict[str, Any]:
+        if self.random_negatives:
+            examples = [self.with_random_negatives(ex) for ex in examples]
         width = max(len(ex.pids) for ex in examples)
         if self.passage_embeddings is not None:
             emb = self.passage_embeddings
@@ -167,7 +184,8 @@ class ListDistillLoss:
             return self.loss(student_list_scores(model, batch), batch["teacher"], batch["mask"])
         cross = student_list_scores(model, batch, cross=True)
         own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
-        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"])
+        known = torch.isfinite(batch["teacher"])  # random negatives (teacher -inf) count as the batch's
+        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"], known)
 
 
 def _ranks(values):
@@ -250,7 +268,12 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
     if not cfg.train_passages:  # embedded once (cache keyed by the frozen weights), read at every step
         passage_embeddings = encode_corpus_cached(student, corpus, encode.batch_size, dtype=encode.dtype)
     sample = examples
-    if cfg.agreement_sample and len(examples) > cfg.agreement_sample:
+    if cfg.agreement_sample and cfg.agreement_holdout > 0:  # held out of training: the label-free check
+        held = min(cfg.agreement_sample, max(1, math.ceil(cfg.agreement_holdout * len(examples))))
+        rows = set(random.Random(seed).sample(range(len(examples)), min(held, len(examples) - 1)))
+        sample = [ex for i, ex in enumerate(examples) if i in rows]
+        examples = [ex for i, ex in enumerate(examples) if i not in rows]
+    elif cfg.agreement_sample and len(examples) > cfg.agreement_sample:
         rows = sorted(random.Random(seed).sample(range(len(examples)), cfg.agreement_sample))
         sample = [examples[i] for i in rows]
     before_file = output_dir / AGREEMENT_BEFORE_FILE
@@ -264,7 +287,7 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
     loss = distillation_loss(cfg.loss, cfg.temperature, cfg.margin)
     in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
     args = TrainingArguments.from_config(cfg.trainer, output_dir=output_dir, seed=seed, resume=resume)
-    trainer = Trainer(student, args, examples, ListCollator(student, corpus, passage_embeddings),
+    trainer = Trainer(student, args, examples, ListCollator(student, corpus, passage_embeddings, cfg.random_negatives),
                       loss_fn=ListDistillLoss(loss, in_batch), callbacks=callbacks)
     summary = trainer.train()
     student.save_pretrained(output_dir / FINAL_DIR)
@@ -274,7 +297,37 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
                                   passage_embeddings=passage_embeddings)
     return student, {"train": summary, "lists": len(examples), "loss": cfg.loss,
                      "start_from": str(start_from) if start_from else cfg.model, "scale": student.settings.scale,
-                     "agreement_before": before, "agreement_after": after, "final": str(output_dir / FINAL_DIR)}
+                     "agreement_before": before, "agreement_after": after, "final": str(output_dir / FINAL_DIR),
+                     "agreement_held_out": bool(cfg.agreement_holdout and cfg.agreement_sample)}
+
+
+def round_verdict(retriever: dict[str, Any] | None, index: dict[str, Any] | None) -> dict[str, Any]:
+    """Label-free: is a round's retriever worse than the one it started from? Worse when it collapsed (one passage
+    first for most questions: `evaluation.top1_concentration`), or when its top-1 agreement with the teacher on
+    held-out lists fell (`agreement_holdout` > 0; on training lists agreement says nothing about this)."""
+    reasons = []
+    diagnostics = (index or {}).get("diagnostics") or {}
+    if diagnostics.get("collapsed"):
+        reasons.append(f"collapsed: passage {diagnostics.get('top1_max_pid')} first for "
+                       f"{100 * diagnostics.get('top1_max_share', 0):.0f}% of questions")
+    before, after = (retriever or {}).get("agreement_before"), (retriever or {}).get("agreement_after")
+    if (retriever or {}).get("agreement_held_out") and before and after and after["top1"] < before["top1"]:
+        reasons.append(f"top-1 agreement with the teacher on held-out lists fell from {before['top1']:.3f} to "
+                       f"{after['top1']:.3f}")
+    return {"worse": bool(reasons), "reasons": reasons}
+
+
+def guard_round(k: int, source: int, retriever: dict | None, index: dict | None, on_worse: str) -> tuple[int, dict]:
+    """(the round whose retriever is in use after round k, the guard's record): round k started from round
+    `source`'s retriever (0: the start one); when `round_verdict` finds it worse and `on_worse` is "keep", that
+    earlier retriever stays in use, and the log says so."""
+    verdict = round_verdict(retriever, index)
+    keep = verdict["worse"] and on_worse == "keep"
+    if verdict["worse"]:
+        logger.warning("round %d made the retriever worse than %s (%s): %s", k,
+                       f"round {source}'s" if source else "the start retriever", "; ".join(verdict["reasons"]),
+                       "keeping that one (on_worse: keep)" if keep else "using it anyway (on_worse: continue)")
+    return (source if keep else k), {**verdict, "started_from_round": source, "kept": "previous" if keep else "new"}
 
 
 __all__ = [
@@ -284,6 +337,7 @@ __all__ = [
     "build_student",
     "distillation_loss",
     "list_examples",
+    "round_verdict",
     "student_list_scores",
     "teacher_agreement",
     "teacher_targets",

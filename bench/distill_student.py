@@ -1,0 +1,230 @@
+"""The student side of distillation, measured with a teacher that knows: the answer-string teacher (1 if a
+candidate holds an answer, else 0; no model) distilled into MiniLM on squad-open, one ablation at a time.
+
+Every run trains the query tower only (query-side fine-tuning: the passage tower stays MiniLM, so the corpus
+is embedded once, cached, and every run is evaluated on all 10,570 dev questions in about a minute) through the
+shared student-training path (`distillir.recipes.common.distill.train_student`) that the distilling recipes
+use. Each ablation changes one setting of "today's defaults" (fid-kd's CPU config distilling the same
+teacher): the candidate lists (BM25's top-n, the student's own, their union; n), the negatives (own list,
+in-batch, random corpus passages at teacher probability 0), lists without any positive, the teacher's scale,
+the learning rate, the steps, and the number of training questions. Baselines in the same run: BM25, MiniLM
+untrained, the same path trained on gold passages (DPR-style supervision: labels), RRF(BM25, best).
+
+    nohup .venv/bin/python bench/distill_student.py > bench/work/distill_student.log 2>&1 &
+    #   --only NAME,NAME (re-run some rows, keep the rest)   --train-questions 1000   --render-only
+
+Resumable: finished rows are kept in bench/results/distill_student.json and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS_DIR, WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
+from distill_student_report import ABLATIONS, BASE, markdown
+
+SEED = 42
+KS = (1, 5, 20, 100)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="squad-open")
+    p.add_argument("--train-questions", type=int, default=20000,
+                   help="seeded sample of the train split; each row takes the first `questions` of it")
+    p.add_argument("--eval-questions", type=int, default=0, help="seeded dev sample; 0: every dev question")
+    p.add_argument("--only", default="", help="comma-separated row names to (re)compute")
+    p.add_argument("--name", default="distill_student")
+    p.add_argument("--render-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def interval(p: float, n: int) -> float:
+    """Half-width of the 95% normal interval of a proportion p over n questions."""
+    return 1.96 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.path = RESULTS_DIR / f"{args.name}.json"
+        self.res = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.res.setdefault("rows", {})
+        self.t0 = time.perf_counter()
+
+    def save(self) -> None:
+        self.res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        self.res["summary"] = [
+            {"system": r["system"], "dataset": self.args.dataset, "split": "dev", "labels_used": r["labels_used"],
+             "metrics": {k: r["metrics"][k] for k in ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10")
+                         if k in r["metrics"]}}
+            for r in self.res["rows"].values()]
+        write_results(self.args.name, self.res, markdown(self.res))
+
+    def setup(self) -> None:
+        from distillir.data.datasets import load_dataset
+        from distillir.recipes.common.config import EncodeConfig, StudentConfig
+        from distillir.recipes.common.distill import build_student
+        from distillir.recipes.common.reading import qa_queries
+
+        a = self.args
+        self.train = load_dataset(a.dataset, "train", max_queries=a.train_questions, seed=SEED)
+        self.dev = load_dataset(a.dataset, "dev", max_queries=a.eval_questions or None, seed=SEED)
+        if self.dev.corpus.fingerprint() == self.train.corpus.fingerprint():
+            self.dev.corpus = self.train.corpus
+        self.questions = qa_queries(self.train.queries)
+        self.encode = EncodeConfig(dtype="bfloat16" if _bf16_native() else "float32", batch_size=64)
+        self.base_student = StudentConfig(**{k: v for k, v in BASE["student"].items() if k not in ("batch", "lr")})
+        self.start = build_student(self.base_student)
+        keep_environment(self.res)
+        self.res.update(settings={"dataset": a.dataset, "train_questions": len(self.questions),
+                                  "eval_questions": len(self.dev.queries), "encode_dtype": self.encode.dtype,
+                                  "base": BASE, "seed": SEED}, command=command_line())
+
+    def evaluate(self, encoder, top_k: int = 100):
+        from distillir.evaluation import evaluate_run
+        from distillir.retrievers.dense.retriever import DenseRetriever
+
+        dense = DenseRetriever.build(self.dev.corpus, encoder, batch_size=self.encode.batch_size,
+                                     dtype=self.encode.dtype, cache=True)
+        run = dense.search(self.dev.queries, top_k=top_k)
+        return run, evaluate_run(run, queries=self.dev.queries, corpus=self.dev.corpus, ks=KS)
+
+    def record(self, name: str, system: str, metrics: dict, labels: bool, start: float, **extra) -> None:
+        n = metrics.get("queries", len(self.dev.queries))
+        ci = {f"Top-{k}": round(interval(metrics[f"Top-{k}"], n), 4) for k in KS if f"Top-{k}" in metrics}
+        self.res["rows"][name] = {"system": system, "labels_used": labels, "metrics": metrics, "ci95": ci,
+                                  "wall_s": round(time.perf_counter() - start, 1), **extra}
+        log(f"{name}: Top-1 {metrics['Top-1']:.3f} Top-5 {metrics['Top-5']:.3f} Top-20 {metrics['Top-20']:.3f}")
+        self.save()
+
+    def wanted(self, name: str) -> bool:
+        only = [n for n in self.args.only.split(",") if n]
+        return (name in only) if only else name not in self.res["rows"]
+
+    # ---- rows ---------------------------------------------------------------------------------
+
+    def baselines(self) -> None:
+        from distillir.evaluation import evaluate_run
+        from distillir.retrievers.bm25 import bm25_cached
+
+        if self.wanted("bm25"):
+            start = time.perf_counter()
+            self.bm25_run = bm25_cached(self.dev.corpus).search(self.dev.queries, top_k=100)
+            m = evaluate_run(self.bm25_run, queries=self.dev.queries, corpus=self.dev.corpus, ks=KS)
+            self.record("bm25", "BM25", m, False, start)
+        if self.wanted("minilm"):
+            start = time.perf_counter()
+            _, m = self.evaluate(self.start)
+            self.record("minilm", "MiniLM untrained (the student's start)", m, False, start)
+
+    def distil(self, name: str, spec: dict) -> None:
+        from distillir.recipes.common.candidates import answer_teacher, candidate_run
+        from distillir.recipes.common.distill import list_examples, train_student
+        from distillir.teachers.scores import TeacherScores
+
+        if not self.wanted(name):
+            return
+        start = time.perf_counter()
+        cfg = {**BASE, **spec, "student": {**BASE["student"], **spec.get("student", {})}}
+        questions = self.questions
+        if cfg.get("questions") and cfg["questions"] < len(questions):
+            questions = questions.subset(questions.ids[: cfg["questions"]])
+        log(f"{name}: candidates {cfg['sources']} top-{cfg['depth']} for {len(questions)} questions")
+        run = candidate_run(cfg["sources"], cfg["depth"], self.train.corpus, questions, student=self.start,
+                            encode=self.encode)
+        if cfg.get("teacher") == "gold":  # the labelled comparison: the gold passage first, then the candidates
+            scores = TeacherScores("gold")
+            gold_of = dict(zip(self.train.queries.ids, self.train.queries.gold_ids))  # qa_queries drops them
+            for qid in questions.ids:
+                gold = gold_of.get(qid)
+                if gold and run.get(qid):
+                    pids = [gold[0], *[p for p, _ in run[qid] if p != gold[0]]]
+                    scores.add(qid, pids, [1.0] + [0.0] * (len(pids) - 1))
+        else:
+            scores = answer_teacher(run, questions, self.train.corpus)
+        lists = len(scores)
+        if cfg["skip_without_positive"]:
+            scores = scores.subset([q for q in scores if max(scores[q][1]) > 0])
+        examples = list_examples(scores, questions, self.train.corpus, normalize=cfg["normalize"],
+                                 scale=cfg["teacher_scale"])
+        steps = cfg.get("steps") or max(1, round(cfg["epochs"] * len(examples) / cfg["student"]["batch"]))
+        student_cfg = dataclasses.replace(self.base_student, **{k: v for k, v in cfg["student"].items()
+                                                                if k not in ("batch", "lr")})
+        student_cfg.trainer = dataclasses.replace(student_cfg.trainer, max_steps=steps,
+                                                  per_device_batch_size=cfg["student"]["batch"],
+                                                  learning_rate=cfg["student"]["lr"], save_steps=0)
+        out = WORK_DIR / "distill_student" / name
+        shutil.rmtree(out, ignore_errors=True)  # a fresh phase: no earlier log or agreement file
+        student, info = train_student(student_cfg, examples, self.train.corpus, out,
+                                      encode=self.encode, seed=SEED, resume=False)
+        _, m = self.evaluate(student)
+        with_positive = sum(1 for q in scores if max(scores[q][1]) > 0)
+        self.record(name, spec["system"], m, cfg.get("teacher") == "gold", start, steps=steps, lists=lists,
+                    trained_lists=len(examples), lists_with_positive=with_positive,
+                    loss_last=info["train"].get("loss"), agreement_after=info["agreement_after"], settings=cfg)
+
+    def hybrid(self) -> None:
+        """RRF(BM25, the best distilled row by Top-5)."""
+        from distillir.evaluation import evaluate_run
+        from distillir.retrievers.hybrid import reciprocal_rank_fusion
+
+        distilled = {k: v for k, v in self.res["rows"].items() if k not in ("bm25", "minilm", "dpr_gold")
+                     and not k.startswith("rrf")}
+        if not distilled or not self.wanted("rrf_best"):
+            return
+        best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])
+        start = time.perf_counter()
+        student_dir = WORK_DIR / "distill_student" / best / "final"
+        if not student_dir.is_dir():  # trained in an earlier session whose work dir is gone: train it again
+            self.args.only = best
+            self.distil(best, ABLATIONS[best])
+        from distillir.retrievers.bm25 import bm25_cached
+        from distillir.retrievers.dense.encoder import BiEncoder
+
+        run, _ = self.evaluate(BiEncoder.from_pretrained(student_dir))
+        bm25 = bm25_cached(self.dev.corpus).search(self.dev.queries, top_k=100)
+        fused = reciprocal_rank_fusion([bm25, run], top_k=100)
+        m = evaluate_run(fused, queries=self.dev.queries, corpus=self.dev.corpus, ks=KS)
+        self.record("rrf_best", f"RRF(BM25, {distilled[best]['system']})", m, False, start, fused=best)
+
+    def run(self) -> None:
+        if self.args.render_only:
+            write_results(self.args.name, self.res, markdown(self.res))
+            return
+        self.setup()
+        self.baselines()
+        for name, spec in ABLATIONS.items():
+            self.distil(name, spec)
+        self.args.only = ""
+        self.hybrid()
+        self.res["complete"] = all(name in self.res["rows"] for name in ABLATIONS)
+        self.save()
+        log(f"done in {time.perf_counter() - self.t0:.0f} s")
+
+
+def _bf16_native() -> bool:
+    from distillir.retrievers.dense.inference import default_encoding_dtype
+
+    return default_encoding_dtype() == "bfloat16"
+
+
+def main(argv=None) -> None:
+    Bench(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()
