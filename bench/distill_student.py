@@ -72,6 +72,9 @@ class Bench:
              "metrics": {k: r["metrics"][k] for k in ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10")
                          if k in r["metrics"]}}
             for r in self.res["rows"].values()]
+        for label, m in (self.res.get("transfer") or {}).get("metrics", {}).items():
+            self.res["summary"].append({"system": label, "dataset": "scifact", "split": "test", "labels_used": False,
+                                        "metrics": {k: m[k] for k in ("nDCG@10", "R@100", "MRR@10") if k in m}})
         write_results(self.args.name, self.res, markdown(self.res))
 
     def setup(self) -> None:
@@ -113,7 +116,8 @@ class Bench:
 
     def wanted(self, name: str) -> bool:
         only = [n for n in self.args.only.split(",") if n]
-        return (name in only) if only else name not in self.res["rows"]
+        done = name in self.res["rows"] or (name == "scifact" and "transfer" in self.res)
+        return (name in only) if only else not done
 
     # ---- rows ---------------------------------------------------------------------------------
 
@@ -201,6 +205,33 @@ class Bench:
         m = evaluate_run(fused, queries=self.dev.queries, corpus=self.dev.corpus, ks=KS)
         self.record("rrf_best", f"RRF(BM25, {distilled[best]['system']})", m, False, start, fused=best)
 
+    def transfer(self) -> None:
+        """Another domain: MiniLM and the best distilled row (by squad-open Top-5) on SciFact test, nDCG@10."""
+        from distillir.data.datasets import load_dataset
+        from distillir.evaluation import evaluate_run
+        from distillir.retrievers.dense.encoder import BiEncoder
+        from distillir.retrievers.dense.retriever import DenseRetriever
+
+        distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and k != "dpr_gold"}
+        if not distilled or not self.wanted("scifact"):
+            return
+        best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])
+        student_dir = WORK_DIR / "distill_student" / best / "final"
+        if not student_dir.is_dir():
+            return
+        start = time.perf_counter()
+        test = load_dataset("scifact", "test")
+        found = {}
+        for label, encoder in (("minilm", self.start), (best, BiEncoder.from_pretrained(student_dir))):
+            dense = DenseRetriever.build(test.corpus, encoder, batch_size=self.encode.batch_size,
+                                         dtype=self.encode.dtype, cache=True)
+            run = dense.search(test.queries, top_k=100)
+            found[label] = evaluate_run(run, qrels=test.qrels, queries=test.queries, corpus=test.corpus)
+        self.res["transfer"] = {"dataset": "scifact", "split": "test", "best_row": best, "metrics": found,
+                                "wall_s": round(time.perf_counter() - start, 1)}
+        log(f"scifact nDCG@10: MiniLM {found['minilm']['nDCG@10']:.3f}, {best} {found[best]['nDCG@10']:.3f}")
+        self.save()
+
     def run(self) -> None:
         if self.args.render_only:
             write_results(self.args.name, self.res, markdown(self.res))
@@ -211,6 +242,7 @@ class Bench:
             self.distil(name, spec)
         self.args.only = ""
         self.hybrid()
+        self.transfer()
         self.res["complete"] = all(name in self.res["rows"] for name in ABLATIONS)
         self.save()
         log(f"done in {time.perf_counter() - self.t0:.0f} s")

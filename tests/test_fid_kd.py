@@ -365,3 +365,25 @@ def test_falling_held_out_agreement_makes_a_round_worse(env, tiny_bert_dir, tmp_
     assert calls == [2, 2]  # 2 of the 8 lists held out, measured before and after
     assert r1["retriever"]["lists"] == 6 and r1["retriever"]["agreement_held_out"]
     assert r1["guard"]["worse"] and "held-out" in r1["guard"]["reasons"][0] and results["kept_round"] == 0
+
+
+def test_answer_string_teacher_iterates_without_a_reader(env, tiny_bert_dir, tmp_path):
+    """teacher_scores: answers scores each round's own lists with the answer strings: no reader stage runs."""
+    from distillir.data.answers import has_answer
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.teachers import read_teacher_scores
+
+    _, data = env
+    out = tmp_path / "answers"
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "teacher_scores=answers"))
+    assert len(results["rounds"]) == 2 and results["final_reader"] is None
+    for k in (1, 2):
+        rd = out / f"round-{k}"
+        assert not (rd / "reader").exists()
+        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
+        for ex in load_fid_examples(rd / "retrieve" / "train.jsonl"):
+            pids, values = scores[str(ex["id"])]
+            assert pids == [c["id"] for c in ex["ctxs"]]
+            assert values == [float(has_answer(ex["answers"], c["text"])) for c in ex["ctxs"]]
+    with pytest.raises(ConfigError, match="rounds"):
+        load_config(FiDKDConfig, None, ["teacher_scores=scores.jsonl", "rounds=2"])

@@ -30,7 +30,9 @@ loss, agreement) is `distillir.recipes.common.distill`, shared with every distil
 `distillir.recipes.common.reading`.
 
 `teacher_scores: PATH` distils from a score file produced elsewhere (the same JSONL format): the reader
-stages are skipped and only one round runs.
+stages are skipped and only one round runs. `teacher_scores: answers` is the answer-string teacher (1 if a
+candidate holds one of the question's answers, else 0; no model, DPR's distant supervision): it scores each
+round's own lists in the teacher stage, so it iterates like the reader.
 
 No relevance labels are read for training: the training split is reduced to question ids, texts and answers.
 Gold passages (qrels) are used only to *evaluate* on the eval split.
@@ -38,7 +40,6 @@ Gold passages (qrels) are used only to *evaluate* on the eval split.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +50,10 @@ from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.readers.fid_data import load_fid_examples
 from distillir.recipes.common.config import EncodeConfig, QAEvalConfig, ReaderConfig, StudentConfig
-from distillir.recipes.common.distill import build_student, guard_round, list_examples, train_student
+from distillir.recipes.common.distill import build_student, guard_round, list_examples, reindex, train_student
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
     build_reader,
-    collapse_check,
     evaluate_retrieval,
     free_accelerator_memory,
     inference_autocast,
@@ -66,6 +66,7 @@ from distillir.recipes.common.reading import (
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
+from distillir.teachers.answers import answer_match_scores
 from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import read_teacher_scores
 from distillir.training.arguments import TrainingArguments
@@ -75,6 +76,7 @@ from distillir.utils.log import get_logger
 
 logger = get_logger(__name__)
 
+ANSWERS = "answers"  # teacher_scores: the answer-string teacher
 STAGES = ("retrieve", "reader", "reader_eval", "teacher", "retriever", "index")
 StageHook = Callable[[int, str, dict], None]  # (round, stage, record)
 SCORES_FILE = "scores.jsonl"
@@ -119,7 +121,7 @@ class FiDKDConfig(RunConfig):
     start: str = "bm25"  # the first round's retriever: "bm25", or a dense model id / path
     rounds: int = 2
     n_passages: int = 10  # passages per question read by the reader and distilled into the retriever
-    teacher_scores: str | None = None  # distil from this score file (reader stages skipped; one round)
+    teacher_scores: str | None = None  # a score file (reader stages skipped; one round), or "answers"
     # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
     # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
     on_collapse: str = "warn"
@@ -138,7 +140,7 @@ class FiDKDConfig(RunConfig):
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.n_passages < 1:
             raise ConfigError(f"n_passages must be at least 1, got {self.n_passages}")
-        if self.teacher_scores is not None and self.rounds != 1:
+        if self.teacher_scores not in (None, ANSWERS) and self.rounds != 1:
             raise ConfigError("teacher_scores gives the scores of one round; set rounds: 1 (later rounds need the "
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
@@ -228,6 +230,8 @@ class FiDKDRecipe(Recipe):
         stages = Stages(rd / STAGES_DIR, f"round {k}", hook)
         record: dict[str, Any] = {"round": k}
         record["retrieve"] = stages.run("retrieve", lambda: self._retrieve(config, out, rd, k))
+        if config.teacher_scores == ANSWERS:
+            record["teacher"] = stages.run("teacher", lambda: self._answer_teacher(rd))
         if config.teacher_scores is None:
             record["reader"] = stages.run("reader", lambda: self._train_reader(config, out, rd, k))
             if config.eval is not None and config.eval.reader:
@@ -251,7 +255,7 @@ class FiDKDRecipe(Recipe):
         """The current retriever's top-n for the training questions and top-k for the eval questions."""
         d = rd / "retrieve"
         n = config.n_passages
-        needs_train = config.teacher_scores is None
+        needs_train = config.teacher_scores in (None, ANSWERS)
         # Round 1's eval retrieval: the start retriever's metrics, and the eval questions' passages for the reader.
         needs_eval = self.eval_ds is not None and (
             k > 1 or config.eval.start_retriever or (config.teacher_scores is None and config.eval.reader))
@@ -348,9 +352,16 @@ class FiDKDRecipe(Recipe):
         return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE),
                 "answer_hits": hits}
 
+    def _answer_teacher(self, rd: Path) -> dict[str, Any]:
+        scores = answer_match_scores(load_fid_examples(rd / "retrieve" / "train.jsonl"))
+        scores.write(rd / "teacher" / SCORES_FILE)
+        return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE),
+                "with_an_answer": sum(1 for q in scores if max(scores[q][1], default=0) > 0)}
+
     def _train_retriever(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         cfg = config.retriever
-        source = Path(config.teacher_scores) if config.teacher_scores else rd / "teacher" / SCORES_FILE
+        given = config.teacher_scores not in (None, ANSWERS)
+        source = Path(config.teacher_scores) if given else rd / "teacher" / SCORES_FILE
         examples = list_examples(read_teacher_scores(source, corpus=self.corpus), self.train_queries, self.corpus,
                                  source, normalize=config.teacher.normalize, scale=config.teacher.scale)
         if not examples:
@@ -365,34 +376,13 @@ class FiDKDRecipe(Recipe):
         return {**info, "teacher_scores": str(source)}
 
     def _index(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
-        """Re-embed the corpus with the trained retriever, save the index, evaluate it."""
+        """Re-embed the corpus with the trained retriever, save the index, evaluate it (`reindex`)."""
         path = rd / "retriever" / FINAL_DIR
         cached = self._models.get("student")
         student = cached[1] if cached is not None and cached[0] == path else build_student(config.retriever, path)
-        enc = config.encode
         # A frozen passage tower has the start model's embeddings: read them from the cache, not re-embed.
-        reuse = not config.retriever.train_passages
-        start = time.perf_counter()
-        dense = DenseRetriever.build(self.corpus, student, batch_size=enc.batch_size, dtype=enc.dtype, cache=reuse)
-        embed_s = time.perf_counter() - start
-        dense.save(rd / "index")
-        info: dict[str, Any] = {"index": str(rd / "index"), "passages": len(self.corpus),
-                                "embed_s": round(embed_s, 3), "dtype": enc.dtype}
-        if self.eval_ds is not None:
-            eval_dense = dense
-            if self.eval_ds.corpus is not self.corpus:
-                eval_dense = DenseRetriever.build(self.eval_ds.corpus, student, batch_size=enc.batch_size,
-                                                  dtype=enc.dtype, cache=reuse)
-            run = eval_dense.search(self.eval_ds.queries, top_k=config.eval.top_k)
-            run.write_trec(rd / "eval" / "retriever.trec", tag=rd.name)
-            info["metrics"] = evaluate_retrieval(run, self.eval_ds)
-            questions = "eval"
-        else:  # no eval split: the check needs no labels, so the training questions serve
-            run = dense.search(self.train_queries, top_k=1)
-            questions = "train"
-        info["diagnostics"] = {"questions": questions,
-                               **collapse_check(run, f"round {rd.name.split('-')[-1]}'s retriever")}
-        return info
+        return reindex(student, self.corpus, rd, config.encode, eval_ds=self.eval_ds, train_queries=self.train_queries,
+                       top_k=config.eval.top_k if config.eval else 1, cache=not config.retriever.train_passages)
 
 
 __all__ = ["FiDKDConfig", "FiDKDEval", "FiDKDRecipe", "FiDKDTeacher"]

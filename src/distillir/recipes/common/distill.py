@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,11 @@ from distillir.errors import ConfigError, InputError
 from distillir.losses import InBatchListLoss, KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
 from distillir.models import local_model_dir
 from distillir.recipes.common.config import EncodeConfig, StudentConfig
+from distillir.recipes.common.reading import collapse_check, evaluate_retrieval
 from distillir.recipes.common.run import FINAL_DIR, read_json
 from distillir.retrievers.dense.encoder import SETTINGS_FILE, BiEncoder
 from distillir.retrievers.dense.inference import encode_corpus_cached
+from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
@@ -330,6 +333,34 @@ def guard_round(k: int, source: int, retriever: dict | None, index: dict | None,
     return (source if keep else k), {**verdict, "started_from_round": source, "kept": "previous" if keep else "new"}
 
 
+def reindex(student, corpus, round_dir: Path, encode: EncodeConfig, *, eval_ds=None, train_queries=None,
+            top_k: int = 100, cache: bool = False) -> dict[str, Any]:
+    """A round's index: the corpus re-embedded with the trained student (`cache`: read from the embedding cache,
+    for a frozen passage tower), saved to `round_dir/index`; its eval run and metrics, and the label-free
+    collapse check on the eval questions (the training questions when there is no eval split)."""
+    start = time.perf_counter()
+    dense = DenseRetriever.build(corpus, student, batch_size=encode.batch_size, dtype=encode.dtype, cache=cache)
+    embed_s = time.perf_counter() - start
+    dense.save(round_dir / "index")
+    info: dict[str, Any] = {"index": str(round_dir / "index"), "passages": len(corpus), "embed_s": round(embed_s, 3),
+                            "dtype": encode.dtype}
+    if eval_ds is not None:
+        eval_dense = dense
+        if eval_ds.corpus is not corpus:
+            eval_dense = DenseRetriever.build(eval_ds.corpus, student, batch_size=encode.batch_size,
+                                              dtype=encode.dtype, cache=cache)
+        run = eval_dense.search(eval_ds.queries, top_k=top_k)
+        run.write_trec(round_dir / "eval" / "retriever.trec", tag=round_dir.name)
+        info["metrics"] = evaluate_retrieval(run, eval_ds)
+        questions = "eval"
+    else:  # no eval split: the check needs no labels, so the training questions serve
+        run = dense.search(train_queries, top_k=1)
+        questions = "train"
+    info["diagnostics"] = {"questions": questions,
+                           **collapse_check(run, f"round {round_dir.name.split('-')[-1]}'s retriever")}
+    return info
+
+
 __all__ = [
     "ListCollator",
     "ListDistillLoss",
@@ -337,6 +368,7 @@ __all__ = [
     "build_student",
     "distillation_loss",
     "list_examples",
+    "reindex",
     "round_verdict",
     "student_list_scores",
     "teacher_agreement",
