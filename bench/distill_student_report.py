@@ -34,6 +34,14 @@ ABLATIONS: dict[str, dict] = {
     "q20k": {"system": "20,000 training questions (625 steps: each seen at most once)", "questions": 20000,
              "steps": 625},
 }
+# In-batch negatives with other settings (in-batch is the one change that moved the student most).
+ABLATIONS["in_batch_lr_1e-5"] = {"system": "in-batch negatives, learning rate 1e-5",
+                                 "student": {"in_batch_negatives": True, "lr": 1e-5}}
+ABLATIONS["in_batch_student_10"] = {"system": "in-batch negatives, candidates: the student's own top-10",
+                                    "sources": ["student"], "student": {"in_batch_negatives": True}}
+ABLATIONS["in_batch_both_towers"] = {"system": "in-batch negatives, both towers trained (one shared tower, corpus "
+                                               "re-embedded)", "student": {"in_batch_negatives": True,
+                                                                           "train_passages": True, "shared": True}}
 # The combination of the settings that helped, at 1k and 20k questions (filled in from the rows above).
 COMBO = {"skip_without_positive": True, "sources": ["bm25", "student"],
          "student": {"in_batch_negatives": True, "random_negatives": 16}}
@@ -104,3 +112,17 @@ def reading(rows: dict) -> list[str]:
         b = rows["bm25"]["metrics"]
         lines.append(f"- BM25: Top-1/5 {b['Top-1']:.3f}/{b['Top-5']:.3f}.")
     return lines
+
+# What the single changes showed, together: sharper targets (the z-scored 0/1 targets at temperature 1 are far
+# softer than the student's cosine x 20), in-batch negatives, and the student's own candidates.
+ABLATIONS["sharp_in_batch"] = {"system": "targets x 5, in-batch negatives", "teacher_scale": 5.0,
+                               "student": {"in_batch_negatives": True}}
+ABLATIONS["sharp_in_batch_student"] = {"system": "targets x 5, in-batch negatives, the student's own top-10",
+                                       "teacher_scale": 5.0, "sources": ["student"],
+                                       "student": {"in_batch_negatives": True}}
+ABLATIONS["sharp10_in_batch_student"] = {"system": "targets x 10, in-batch negatives, the student's own top-10",
+                                         "teacher_scale": 10.0, "sources": ["student"],
+                                         "student": {"in_batch_negatives": True}}
+ABLATIONS["sharp_in_batch_student_q5k"] = {**ABLATIONS["sharp_in_batch_student"], "questions": 5000,
+                                           "system": ABLATIONS["sharp_in_batch_student"]["system"]
+                                           + ", 5,000 questions (625 steps)"}

@@ -267,6 +267,9 @@ def test_config_checks_and_shipped_configs():
     assert 10 <= cpu.n_passages <= 20 and cpu.reader.init == "encoder-decoder" and cpu.start == "bm25"
     assert gpu.n_passages == 100 and gpu.reader.init == "pretrained" and gpu.reader.model == "t5-base"
     assert gpu.reader.passage_max_length == 200 and gpu.retriever.query_max_length == 40
+    answers = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-answers-squad-cpu.yaml")
+    assert answers.teacher_scores == "answers" and answers.rounds == 2 and answers.retriever.in_batch_negatives
+    assert answers.retriever.agreement_holdout > 0 and answers.on_worse == "keep"
 
 
 def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embeddings(env, tiny_bert_dir, tmp_path,
