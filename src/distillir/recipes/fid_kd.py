@@ -125,7 +125,7 @@ class FiDKDConfig(RunConfig):
     # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
     # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
     on_collapse: str = "warn"
-    # A round that the label-free check (`common.distill.round_verdict`: collapse, or falling agreement with the
+    # A round that the label-free check (`common.distill.round_verdict`: collapse, or a rising KL to the
     # teacher on held-out lists) finds worse than the retriever it started from: "keep" goes on with that earlier
     # retriever (the next round retrieves with it and the result reports it), "continue" uses the new one anyway.
     on_worse: str = "keep"

@@ -306,17 +306,19 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
 
 def round_verdict(retriever: dict[str, Any] | None, index: dict[str, Any] | None) -> dict[str, Any]:
     """Label-free: is a round's retriever worse than the one it started from? Worse when it collapsed (one passage
-    first for most questions: `evaluation.top1_concentration`), or when its top-1 agreement with the teacher on
-    held-out lists fell (`agreement_holdout` > 0; on training lists agreement says nothing about this)."""
+    first for most questions: `evaluation.top1_concentration`), or when its KL to the teacher on held-out lists
+    rose (`agreement_holdout` > 0; on training lists agreement says nothing about this). KL, the objective itself,
+    and not top-1 agreement: with a 0/1 teacher several candidates tie for its top, and on a few hundred lists
+    top-1 agreement moves by chance (measured: 0.73 -> 0.69 on 100 held-out lists while KL, Spearman and dev
+    recall all improved)."""
     reasons = []
     diagnostics = (index or {}).get("diagnostics") or {}
     if diagnostics.get("collapsed"):
         reasons.append(f"collapsed: passage {diagnostics.get('top1_max_pid')} first for "
                        f"{100 * diagnostics.get('top1_max_share', 0):.0f}% of questions")
     before, after = (retriever or {}).get("agreement_before"), (retriever or {}).get("agreement_after")
-    if (retriever or {}).get("agreement_held_out") and before and after and after["top1"] < before["top1"]:
-        reasons.append(f"top-1 agreement with the teacher on held-out lists fell from {before['top1']:.3f} to "
-                       f"{after['top1']:.3f}")
+    if (retriever or {}).get("agreement_held_out") and before and after and after["kl"] > before["kl"]:
+        reasons.append(f"KL to the teacher on held-out lists rose from {before['kl']:.4f} to {after['kl']:.4f}")
     return {"worse": bool(reasons), "reasons": reasons}
 
 
