@@ -60,7 +60,8 @@ def markdown(res: dict) -> str:
     rows, s = res.get("rows", {}), res.get("settings", {})
     env = res.get("environment", {})
     out = ["# The student side of distillation: the answer-string teacher into MiniLM (squad-open)", "",
-           (f"{s.get('train_questions', '?')} seeded SQuAD train questions (question + answers), all "
+           (f"Training questions: the first N (the row's `questions`: 1,000 unless it says) of a seeded sample of "
+            f"{s.get('train_questions', '?')} SQuAD train questions (question + answers only); all "
            f"{s.get('eval_questions', '?')} dev questions; query tower only (passage tower = MiniLM, corpus "
            f"embedded once, {s.get('encode_dtype', '?')}). {env.get('cpu_model', '?')} "
            f"({', '.join(env.get('cpu_flags', []))}), {env.get('logical_cpus', '?')} logical CPUs, "
