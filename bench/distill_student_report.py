@@ -76,6 +76,15 @@ def markdown(res: dict) -> str:
         out.append(f"| `{name}` | {r['system']} | {'yes' if r['labels_used'] else 'no'} | "
                    + " | ".join(_fmt(m.get(c), ci.get(c)) for c in COLUMNS)
                    + f" | {lists} | {r.get('steps', '')} | {r.get('wall_s', '')} |")
+    knows = res.get("teacher_knows")
+    if knows:
+        out += ["", f"What the teacher knows on the training lists (the first {knows['questions']} questions' top-"
+                    f"{knows['depth']}): " + "; ".join(
+                        f"{source} lists ({v['answer_lists']} of {v['lists']} hold an answer): on those, the teacher's "
+                        f"first candidate holds one in {v['teacher_hit@1']:.3f}, {source}'s own first in "
+                        f"{v['retriever_hit@1']:.3f} (MRR {v['teacher_mrr']:.3f} vs {v['retriever_mrr']:.3f})"
+                        for source, v in knows["lists"].items())
+                + ". The student is MiniLM, so its own lists' first candidate is the student's top-1."]
     transfer = res.get("transfer")
     if transfer:
         out += ["", "SciFact test (another domain), nDCG@10: " + ", ".join(

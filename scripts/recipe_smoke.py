@@ -151,6 +151,9 @@ def main() -> None:
         write_toy_beir, write_toy_qa = toy_datasets()
         all_settings = settings(bert, write_toy_beir(base / "beir"), write_toy_qa(base / "qa"))
         names = [n for n in args.only.split(",") if n] or list(all_settings)
+        unknown = [n for n in names if n not in all_settings]
+        if unknown:
+            raise SystemExit(f"--only: unknown recipes {unknown}; known: {', '.join(all_settings)}")
         report = {}
         for name in names:
             print(f"== {name}", file=sys.stderr, flush=True)

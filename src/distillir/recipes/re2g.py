@@ -205,7 +205,7 @@ class Re2GStep:
         picks = [[int(j) for j, p in zip(row, ok) if p] for row, ok in zip(top.tolist(), present.tolist())]
         gen_batch = self.collate(generator_examples(lists, picks, self.corpus)).to(ranker_scores.device)
         log_likelihood = marginal_log_likelihood(model.generator, gen_batch, log_weights, self.config.style)
-        tokens = (gen_batch.labels != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
+        tokens = (gen_batch.labels != IGNORE_INDEX).sum(dim=-1)  # Re2GLoss divides by at least 1
         if self.loss.kd is None:
             return self.loss(log_likelihood, tokens)
         q = model.query_encoder.encode_query(batch["query"])
