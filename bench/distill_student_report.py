@@ -47,6 +47,17 @@ ABLATIONS["combo"] = {"system": "combined: union candidates, lists with an answe
 ABLATIONS["combo_q20k"] = {**ABLATIONS["combo"], "system": ABLATIONS["combo"]["system"] + ", 20k questions, 625 steps",
                            "questions": 20000, "steps": 625}
 
+# The combination with sharper targets (x 5): with the union's candidates and with the student's own only (what
+# fid-kd's loop distils from its second round on).
+ABLATIONS["combo_sharp"] = {**ABLATIONS["combo"], "system": ABLATIONS["combo"]["system"] + ", targets x 5",
+                            "teacher_scale": 5.0}
+ABLATIONS["combo_sharp_q20k"] = {**ABLATIONS["combo_sharp"], "questions": 20000, "steps": 625,
+                                 "system": ABLATIONS["combo_sharp"]["system"] + ", 20k questions, 625 steps"}
+ABLATIONS["student_combo_sharp_q20k"] = {
+    **ABLATIONS["combo_sharp_q20k"], "sources": ["student"],
+    "system": "the student's own top-10, lists with an answer, in-batch + 16 random negatives, targets x 5, "
+              "20k questions, 625 steps"}
+
 COLUMNS = ["Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"]
 
 

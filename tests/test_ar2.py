@@ -31,7 +31,9 @@ def tiny_config(bert_dir: str, data: Path, out: Path, *extra: str) -> AR2Config:
         "shared_encoder=true", "iterations=2", "ranker_steps=2", "retriever_steps=2", "group_size=3", "depth=6",
         "ranker_learning_rate=1e-3", "trainer.learning_rate=1e-3", "trainer.per_device_batch_size=4",
         "trainer.warmup_ratio=0", "trainer.save_steps=1", "trainer.log_steps=1", "ranker_warmup.steps=1",
-        "ranker_warmup.learning_rate=1e-3", "trainer.max_grad_norm=null", *extra,
+        "ranker_warmup.learning_rate=1e-3", "trainer.max_grad_norm=null",
+        "on_worse=continue",  # every iteration used: the schedule's mechanics (the guard's own test sets it)
+        *extra,
     ])
 
 
@@ -116,6 +118,79 @@ def test_ar2_iterations_end_to_end_and_resume(tiny_bert_dir, tiny_dataset, tmp_p
         assert state_dicts_equal(loader.from_pretrained(out / sub), loader.from_pretrained(killed / sub))
 
 
+@pytest.mark.parametrize("on_worse", ["keep", "stop"])
+def test_an_iteration_made_worse_on_purpose_is_rolled_back(tiny_bert_dir, tiny_dataset, tmp_path, monkeypatch,
+                                                           on_worse):
+    """The retriever's KL to the ranker on held-out lists is forced to rise: iteration 1 is not kept, so
+    iteration 2 mines with the start retriever and trains it afresh ("keep"), or the run ends ("stop"); the
+    result reports the start retriever and the baseline."""
+    from distillir.recipes import ar2
+
+    calls = []
+
+    def rising(retriever, ranker, held, corpus, group_size, **kwargs):
+        calls.append(len(held))
+        return {"lists": len(held), "kl": 0.1 if len(calls) % 2 else 0.5, "top1": 1.0}
+
+    monkeypatch.setattr(ar2, "ranker_agreement", rising)
+    out = tmp_path / on_worse
+    results = AR2Recipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, f"on_worse={on_worse}",
+                                          "agreement_holdout=0.25", f"eval.dataset={tiny_dataset}", "eval.top_k=5",
+                                          "eval.baseline=true"))
+    first = results["iterations"][0]
+    assert first["held_out_lists"] == 2 and first["train_lists"] == 6 and calls[:2] == [2, 2]
+    assert first["guard"]["worse"] and "held-out" in first["guard"]["reasons"][0]
+    assert first["guard"]["kept"] == "previous"
+    assert results["kept_iteration"] == 0 and results["final_retriever"] == tiny_bert_dir
+    assert results["metrics"] == results["baseline_metrics"]
+    if on_worse == "stop":
+        assert len(results["iterations"]) == 1 and not (out / "iter-2").exists()
+        return
+    # Iteration 2 mined with the start retriever: the same candidates as iteration 1's.
+    assert (out / "iter-2/candidates.trec").read_text().replace("iter-2", "iter-1") == (
+        out / "iter-1/candidates.trec").read_text()
+    assert json.loads((out / "iter-2/retriever/agreement_before.json").read_text())["lists"] == 2
+
+
+def test_ranker_agreement_against_hand_computed_kl(tiny_bert_dir, tiny_corpus):
+    """KL(softmax(R / tau_r) || softmax(S)) per group, computed by hand from the two models' group scores; the
+    same seeded groups on every call, and the caller's random state untouched."""
+    import random
+
+    import torch
+
+    from distillir.data.negatives import TrainingExample
+    from distillir.rankers.cross_encoder import CrossEncoder
+    from distillir.recipes.common.guard import ranker_agreement
+    from distillir.recipes.common.ranking import CandidateListCollator
+    from distillir.recipes.common.retrieval import retriever_list_scores
+    from distillir.retrievers.dense.encoder import BiEncoder
+
+    retriever = BiEncoder.from_pretrained(tiny_bert_dir, query_max_length=16, passage_max_length=24)
+    ranker = CrossEncoder.from_pretrained(tiny_bert_dir, max_length=40)
+    examples = [TrainingExample("q1", "capital of France", ["p1"], ["p2", "p3", "p5"]),
+                TrainingExample("q2", "light energy in plants", ["p4"], ["p5"])]  # one pad entry
+    random.seed(123)
+    state = random.getstate()
+    found = ranker_agreement(retriever, ranker, examples, tiny_corpus, 3, temperature=0.5, ranker_temperature=2.0,
+                             seed=7)
+    assert random.getstate() == state
+    assert ranker_agreement(retriever, ranker, examples, tiny_corpus, 3, temperature=0.5, ranker_temperature=2.0,
+                            seed=7) == found
+    random.seed(7)
+    batch = CandidateListCollator(tiny_corpus, 3, retriever=retriever, ranker=ranker)(examples)
+    retriever.eval()
+    ranker.eval()
+    with torch.no_grad():
+        s = retriever_list_scores(retriever, batch, 0.5)
+        r = ranker.list_scores(batch["pairs"], 3) / 2.0
+    total = 0.0
+    for i, n in enumerate(batch["mask"].sum(-1).tolist()):
+        p, q = torch.softmax(r[i, :n], -1), torch.softmax(s[i, :n], -1)
+        total += float((p * (p / q).log()).sum())
+    assert found["lists"] == 2 and found["kl"] == pytest.approx(total / 2, rel=1e-5)
+
+
 def test_contrastive_baseline_at_the_same_budget(tiny_bert_dir, tiny_dataset, tmp_path):
     out = tmp_path / "baseline"
     results = AR2Recipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, "retriever_loss=contrastive",
@@ -139,3 +214,7 @@ def test_config_checks_and_shipped_configs():
     assert cpu.eval is not None and gpu.eval is not None
     assert (gpu.group_size, gpu.ranker_steps, gpu.retriever_steps, gpu.depth) == (16, 500, 1500, 100)
     assert (gpu.trainer.learning_rate, gpu.ranker_learning_rate, gpu.lambda_) == (1e-5, 1e-6, 0.5)
+    with pytest.raises(ConfigError, match="on_worse"):
+        load_config(AR2Config, None, ["on_worse=ignore"])
+    with pytest.raises(ConfigError, match="agreement_holdout"):
+        load_config(AR2Config, None, ["agreement_holdout=1"])

@@ -21,6 +21,11 @@ alone, at the same budget: the same iterations, re-mining and retriever steps, b
 on listwise cross-entropy over its own group scores and no ranker is trained or used (with `refresh: never`
 the negatives stay those mined by the first retriever).
 
+The round guard (`common.guard`, as in fid-kd): `agreement_holdout` of each iteration's lists are held out of the
+retriever phase, and the retriever's KL to the ranker on them is measured before and after it; an iteration
+whose KL rose, or whose retriever collapsed (one passage first for most training queries), is not kept with
+`on_worse: keep` (the next iteration mines with and trains the earlier retriever; "stop" also ends the run).
+
 Every phase is its own Trainer run in its own directory (checkpoints, log.jsonl, final/, summary.json), so
 interruption costs at most one phase's progress since its last checkpoint: on `resume`, phases whose final/
 exists are skipped (their model is loaded from it) and an interrupted phase continues from its checkpoint.
@@ -30,6 +35,8 @@ Each iteration's metrics go to `iter-k/metrics.json` and, gathered, to `metrics.
 from __future__ import annotations
 
 import contextlib
+import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +57,7 @@ from distillir.recipes.common.config import (
     check_list_size,
     check_temperature,
 )
+from distillir.recipes.common.guard import ON_WORSE, guard_round, ranker_agreement
 from distillir.recipes.common.lists import LISTS_FILE, read_or_build_lists
 from distillir.recipes.common.ranking import (
     WARMUP_DIR,
@@ -59,6 +67,7 @@ from distillir.recipes.common.ranking import (
     train_ranker,
     warm_up_ranker,
 )
+from distillir.recipes.common.reading import collapse_check
 from distillir.recipes.common.retrieval import (
     default_temperature,
     dense_candidates,
@@ -89,6 +98,7 @@ logger = get_logger(__name__)
 CANDIDATES_FILE = "candidates.trec"
 RANKER_DIR = "ranker"
 RETRIEVER_DIR = "retriever"
+AGREEMENT_BEFORE_FILE = "agreement_before.json"
 
 
 @dataclass
@@ -118,6 +128,9 @@ class AR2Config(RunConfig):
     adversarial_over_negatives_only: bool = False  # drop the positive from L_adv (the paper's notation)
     trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-5, warmup_ratio=0.1))
     eval: PipelineEvalConfig | None = None  # evaluated after every iteration (and before the first: baseline)
+    on_worse: str = "keep"  # an iteration the guard finds worse: keep the earlier retriever, stop, or continue
+    agreement_holdout: float = 0.1  # lists held out of the retriever phase for the guard's KL (0: collapse only)
+    agreement_sample: int = 256  # at most this many held-out lists
 
     def __post_init__(self) -> None:
         check_list_size(self.group_size)
@@ -133,6 +146,11 @@ class AR2Config(RunConfig):
         if self.ranker_learning_rate <= 0 or self.ranker_temperature <= 0:
             raise ConfigError("ranker_learning_rate and ranker_temperature must be positive")
         check_temperature(self.temperature)
+        if self.on_worse not in ON_WORSE:
+            raise ConfigError(f"on_worse must be one of {', '.join(ON_WORSE)}, got {self.on_worse!r}")
+        if not 0.0 <= self.agreement_holdout < 1.0 or self.agreement_sample < 0:
+            raise ConfigError(f"agreement_holdout must be in [0, 1) and agreement_sample >= 0, got "
+                              f"{self.agreement_holdout}, {self.agreement_sample}")
         if self.trainer.max_steps is not None:
             raise ConfigError("AR2 counts steps per phase: set ranker_steps and retriever_steps, not "
                               "trainer.max_steps")
@@ -186,38 +204,53 @@ class AR2Recipe(Recipe):
             report["baseline"] = evaluate_pipeline(retriever, config.eval, seed=config.seed, cache=True)["retriever"]
         report.setdefault("baseline", None)
         report["iterations"] = []
+        in_effect = [0]  # after iteration k: the iteration whose retriever is in use (0: the start one)
 
         for k in range(1, config.iterations + 1):
             it = out / f"iter-{k}"
             examples = self._mine(config, k, it, out, dataset, queries, positives, retriever)
-            row: dict[str, Any] = {"iteration": k, "train_lists": len(examples)}
+            held, examples = self._hold_out(config, examples)
+            row: dict[str, Any] = {"iteration": k, "train_lists": len(examples), "held_out_lists": len(held)}
             if adversarial and k == 1 and config.ranker_warmup.steps > 0:
                 ranker, report["ranker_warmup"] = self._warm_up(config, ranker, examples, dataset.corpus,
                                                                 out / WARMUP_DIR, callbacks)
             if adversarial:
                 ranker, row["ranker"] = self._ranker_phase(config, ranker, examples, dataset.corpus,
                                                            it / RANKER_DIR, callbacks)
-            retriever, row["retriever"] = self._retriever_phase(config, retriever, ranker, examples,
-                                                                dataset.corpus, it / RETRIEVER_DIR, callbacks)
+            retriever, row["retriever"], row["agreement"] = self._retriever_phase(
+                config, retriever, ranker, examples, held, dataset.corpus, it / RETRIEVER_DIR, callbacks)
             row["eval"] = self._evaluate(config, it, retriever, ranker)
+            top1 = dense_candidates(retriever, dataset.corpus, queries, 1, cache=True)  # cached for the next mining
+            row["index"] = {"diagnostics": collapse_check(top1, f"iteration {k}'s retriever")}
+            kept, row["guard"] = guard_round(k, in_effect[-1], row["agreement"], row["index"], config.on_worse,
+                                          unit="iteration")
+            in_effect.append(kept)
+            if kept != k:  # the earlier retriever mines and trains on in the next iteration
+                retriever = self._retriever_of(config, out, kept)
             report["iterations"].append(row)
+            report["kept_iteration"] = kept
             if state.is_main_process:
                 write_json(it / METRICS_FILE, row)
                 write_json(out / METRICS_FILE, report)
             state.wait_for_everyone()
+            if row["guard"]["worse"] and config.on_worse == "stop":
+                logger.warning("iteration %d made the retriever worse: stopping (on_worse: stop)", k)
+                break
 
-        last = out / f"iter-{config.iterations}"
-        final_eval = report["iterations"][-1]["eval"]
+        kept = in_effect[-1]
+        last = out / f"iter-{kept or len(report['iterations'])}"
+        final_eval = report["iterations"][kept - 1]["eval"] if kept else None
         results = {
             "recipe": self.name,
             "retriever_loss": config.retriever_loss,
             "lambda_": config.lambda_ if adversarial else None,
             "output_dir": str(out),
-            "final_retriever": str(last / RETRIEVER_DIR / FINAL_DIR),
+            "kept_iteration": kept,
+            "final_retriever": str(last / RETRIEVER_DIR / FINAL_DIR) if kept else config.retriever,
             "final_ranker": str(last / RANKER_DIR / FINAL_DIR) if adversarial else None,
             "ranker_warmup": report.get("ranker_warmup"),
             "iterations": report["iterations"],
-            "metrics": final_eval and final_eval["retriever"],
+            "metrics": final_eval["retriever"] if final_eval else report["baseline"],
             "baseline_metrics": report["baseline"],
             "reranked_metrics": final_eval and final_eval["reranked"],
         }
@@ -267,25 +300,59 @@ class AR2Recipe(Recipe):
                                max_steps=config.ranker_steps, learning_rate=config.ranker_learning_rate)
         return ranker, summary
 
-    def _retriever_phase(self, config: AR2Config, retriever, ranker, examples, corpus, phase_dir: Path, callbacks):
+    def _hold_out(self, config: AR2Config, examples):
+        """(held out, training) lists: a seeded `agreement_holdout` share (at most `agreement_sample`) is kept out
+        of both phases for the guard, when there is a ranker to agree with."""
+        if config.retriever_loss != "adversarial" or not config.agreement_holdout or not config.agreement_sample:
+            return [], examples
+        n = min(config.agreement_sample, len(examples) - 1, max(1, math.ceil(config.agreement_holdout * len(examples))))
+        rows = set(random.Random(config.seed).sample(range(len(examples)), max(0, n)))
+        return [ex for i, ex in enumerate(examples) if i in rows], [ex for i, ex in enumerate(examples) if i not in rows]
+
+    def _retriever_of(self, config: AR2Config, out: Path, k: int):
+        if k == 0:
+            return load_retriever(config.retriever, config)
+        return BiEncoder.from_pretrained(out / f"iter-{k}" / RETRIEVER_DIR / FINAL_DIR)
+
+    def _retriever_phase(self, config: AR2Config, retriever, ranker, examples, held, corpus, phase_dir: Path,
+                         callbacks):
+        """(retriever, the phase summary, the guard's agreement record): the retriever's KL to the ranker on the
+        held-out lists before the phase (kept in a file, so a resume reuses it) and after it."""
+        temperature = default_temperature(retriever, config.temperature)
+
+        def agreement():
+            return ranker_agreement(retriever, ranker, held, corpus, config.group_size, temperature=temperature,
+                                    ranker_temperature=config.ranker_temperature, seed=config.seed)
+
+        record: dict[str, Any] = {"agreement_held_out": bool(held and ranker is not None)}
+        before_file = phase_dir / AGREEMENT_BEFORE_FILE
+        if record["agreement_held_out"]:
+            record["agreement_before"] = read_json(before_file) if config.resume else None
+            if record["agreement_before"] is None:
+                record["agreement_before"] = agreement()
+                write_json(before_file, record["agreement_before"])
         if phase_done(phase_dir):
             logger.info("%s is done: loading its retriever", phase_dir)
-            return BiEncoder.from_pretrained(phase_dir / FINAL_DIR), read_phase_summary(phase_dir)
-        logger.info("retriever phase (%s): %d steps -> %s", config.retriever_loss, config.retriever_steps,
-                    phase_dir)
-        args = phase_arguments(config.trainer, phase_dir, seed=config.seed, resume=config.resume,
-                               max_steps=config.retriever_steps)
-        collate = CandidateListCollator(corpus, config.group_size, retriever=retriever, ranker=ranker)
-        loss = RetrieverGroupLoss(config.retriever_loss, default_temperature(retriever, config.temperature), ranker,
-                                  lambda_=config.lambda_, ranker_temperature=config.ranker_temperature,
-                                  adversarial_over_negatives_only=config.adversarial_over_negatives_only)
-        trainer = Trainer(retriever, args, examples, collate, loss_fn=loss, callbacks=callbacks)
-        with frozen(ranker) if ranker is not None else contextlib.nullcontext():
-            if ranker is not None:
-                ranker.to(trainer.device)
-            summary = trainer.train()
-        finish_phase(retriever, phase_dir, summary, trainer)
-        return retriever, summary
+            retriever = BiEncoder.from_pretrained(phase_dir / FINAL_DIR)
+            summary = read_phase_summary(phase_dir)
+        else:
+            logger.info("retriever phase (%s): %d steps -> %s", config.retriever_loss, config.retriever_steps,
+                        phase_dir)
+            args = phase_arguments(config.trainer, phase_dir, seed=config.seed, resume=config.resume,
+                                   max_steps=config.retriever_steps)
+            collate = CandidateListCollator(corpus, config.group_size, retriever=retriever, ranker=ranker)
+            loss = RetrieverGroupLoss(config.retriever_loss, temperature, ranker, lambda_=config.lambda_,
+                                      ranker_temperature=config.ranker_temperature,
+                                      adversarial_over_negatives_only=config.adversarial_over_negatives_only)
+            trainer = Trainer(retriever, args, examples, collate, loss_fn=loss, callbacks=callbacks)
+            with frozen(ranker) if ranker is not None else contextlib.nullcontext():
+                if ranker is not None:
+                    ranker.to(trainer.device)
+                summary = trainer.train()
+            finish_phase(retriever, phase_dir, summary, trainer)
+        if record["agreement_held_out"]:
+            record["agreement_after"] = agreement()
+        return retriever, summary, record
 
     def _evaluate(self, config: AR2Config, it: Path, retriever, ranker):
         if config.eval is None:

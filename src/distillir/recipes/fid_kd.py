@@ -7,32 +7,25 @@ bi-encoder learns to reproduce T over each question's list. Iterating improves b
 
 Round k (directory `output_dir/round-k/`), each stage resumable on its own:
 
-  retrieve     the current retriever (round 1: `start`, BM25 or a dense model; later: round k-1's distilled
-               retriever over its re-embedded corpus, `round-(k-1)/index/`) fetches the top-n of every training
-               question and the top-`eval.top_k` of every eval question -> `retrieve/{train,eval}.trec` and the
-               reader's ctxs JSONL `retrieve/{train,eval}.jsonl`; eval metrics of that retriever.
-  reader       train the FiD reader on the training questions' top-n (its own Trainer in `reader/`;
-               round k > 1 continues round k-1's reader when `reader.warm_start_next_round`) -> `reader/final/`.
+  retrieve     the current retriever (round 1: `start`; later: the last round the guard kept, over its
+               re-embedded corpus) fetches the top-n of every training question (`candidates: union`: merged
+               with BM25's top-n) and the top-`eval.top_k` of every eval question -> `retrieve/*.trec`, `*.jsonl`.
+  reader       train the FiD reader on the training questions' lists (`reader/`; round k > 1 continues round
+               k-1's reader when `reader.warm_start_next_round`) -> `reader/final/`.
   reader_eval  the reader's answers for the eval questions' top-n -> `reader/predictions.json`; EM / F1.
-  teacher      teacher scores for every training question's top-n (`score_with_reader`, the configured
-               aggregation) -> `teacher/scores.jsonl` (the teacher-score JSONL format of `distillir.teachers`).
-  retriever    train the bi-encoder on the lists: for each question, S_i = similarity(q, p_i) over its own n
-               passages (not in-batch), loss(S, T) with KL (temperature), MSE or max-margin (its own Trainer in
-               `retriever/`) -> `retriever/final/`; the student's agreement with the teacher before and after.
-               T is the raw score (the paper) or, with `teacher.normalize: zscore`, standardised per question.
-  index        re-embed the corpus with the trained encoder -> `index/` (a saved `DenseRetriever`), retrieve for
-               the eval questions -> `eval/retriever.trec`; eval metrics. Round k+1 retrieves from this index.
+  teacher      teacher scores for every training list (the configured aggregation) -> `teacher/scores.jsonl`.
+  retriever    train the bi-encoder on loss(S, T) over each list (and, by default, the batch's other lists and
+               random passages as negatives: `common.distill.train_student`) -> `retriever/final/`.
+  index        re-embed the corpus with it -> `index/`, retrieve for the eval questions; eval metrics, and the
+               round guard (`on_worse`): a round the label-free check finds worse is not kept.
 
-Every stage writes its outputs atomically and then its marker `stages/<stage>.json` (wall time, results), so
-a resumed run (`resume: true`) skips finished stages and an interrupted Trainer continues from its last
-checkpoint. `round-k/metrics.json` gathers a round; `results.json` all rounds. The student side (lists, collator,
-loss, agreement) is `distillir.recipes.common.distill`, shared with every distilling recipe; the reader side is
-`distillir.recipes.common.reading`.
+Every stage writes its outputs atomically, then its marker `stages/<stage>.json`, so a resumed run skips
+finished stages and an interrupted Trainer continues from its last checkpoint. The student side is
+`distillir.recipes.common.distill` (shared with every distilling recipe); the reader side `common.reading`.
 
-`teacher_scores: PATH` distils from a score file produced elsewhere (the same JSONL format): the reader
-stages are skipped and only one round runs. `teacher_scores: answers` is the answer-string teacher (1 if a
-candidate holds one of the question's answers, else 0; no model, DPR's distant supervision): it scores each
-round's own lists in the teacher stage, so it iterates like the reader.
+`teacher_scores: PATH` distils from a score file made elsewhere (one round, no reader). `teacher_scores:
+answers` is the answer-string teacher (1 if a candidate holds an answer, else 0; DPR's distant supervision):
+it scores each round's own lists, so it iterates like the reader.
 
 No relevance labels are read for training: the training split is reduced to question ids, texts and answers.
 Gold passages (qrels) are used only to *evaluate* on the eval split.
@@ -50,7 +43,8 @@ from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.readers.fid_data import load_fid_examples
 from distillir.recipes.common.config import EncodeConfig, QAEvalConfig, ReaderConfig, StudentConfig
-from distillir.recipes.common.distill import build_student, guard_round, list_examples, reindex, train_student
+from distillir.recipes.common.distill import build_student, list_examples, reindex, train_student
+from distillir.recipes.common.guard import ON_WORSE, guard_round
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
     build_reader,
@@ -66,6 +60,7 @@ from distillir.recipes.common.reading import (
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
+from distillir.retrievers.hybrid import union_of_tops
 from distillir.teachers.answers import answer_match_scores
 from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import read_teacher_scores
@@ -104,8 +99,13 @@ class FiDKDTeacher:
     # the raw scores). none: as they are (the paper). zscore: (T - mean) / std over the question's list, which
     # makes the target's sharpness independent of the reader's attention scale (a barely trained or BERT-style
     # reader's mean attention logits differ by ~0.01 across passages: softmax(T) would be uniform).
-    normalize: Literal["none", "zscore"] = "none"
-    scale: float = 1.0  # multiplies the (normalised) scores: an inverse temperature on the teacher side only
+    # zscore is the default: raw 0/1 answer targets collapse the student (bench/distill_student.py).
+    normalize: Literal["none", "zscore"] = "zscore"
+    # Multiplies the (normalised) scores: an inverse temperature on the teacher side only. 5: z-scores at
+    # temperature 1 are far softer than the student's cosine x 20 (measured +0.072 Top-5 alone; the paper: 1).
+    scale: float = 5.0
+    # Leave out lists whose teacher scores are all equal (no signal; an answer teacher's list without an answer).
+    skip_uniform: bool = True
 
     def __post_init__(self) -> None:
         if self.scale <= 0:
@@ -118,16 +118,20 @@ class FiDKDConfig(RunConfig):
     dataset: str = "squad-open"  # a known name or a QA dataset directory (question + answers per line)
     train_split: str = "train"
     max_train_queries: int | None = 1000  # a seeded sample of the training questions; null: all
-    start: str = "bm25"  # the first round's retriever: "bm25", or a dense model id / path
+    # The first round's retriever: "student" (the student's own initial model, `retriever.model`), "bm25" (the
+    # paper), or a dense model id / path.
+    start: str = "student"
+    # Each round's training lists: "union": the round's retriever's top-n and BM25's top-n, merged in RRF order
+    # (up to 2n; with a reader, the first n of that order); "retriever": its top-n only (the paper). The student's
+    # own lists keep its mistakes in view; BM25's alone are a distribution it never produces (measured, README).
+    candidates: Literal["union", "retriever"] = "union"
     rounds: int = 2
     n_passages: int = 10  # passages per question read by the reader and distilled into the retriever
     teacher_scores: str | None = None  # a score file (reader stages skipped; one round), or "answers"
-    # A round whose retriever ranks one passage first for most questions (evaluation.top1_concentration):
-    # "warn" logs it and goes on; "stop" ends the run there (the next round's reader would read noise).
-    on_collapse: str = "warn"
-    # A round that the label-free check (`common.distill.round_verdict`: collapse, or a rising KL to the
-    # teacher on held-out lists) finds worse than the retriever it started from: "keep" goes on with that earlier
-    # retriever (the next round retrieves with it and the result reports it), "continue" uses the new one anyway.
+    # A round that the label-free check (`common.guard.round_verdict`: collapse -- one passage first for most
+    # questions -- or a rising KL to the teacher on held-out lists) finds worse than the retriever it started
+    # from: "keep" goes on with that earlier retriever (the next round retrieves with it and the result reports
+    # it), "stop" keeps it and ends the run there, "continue" uses the new one anyway.
     on_worse: str = "keep"
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     teacher: FiDKDTeacher = field(default_factory=FiDKDTeacher)
@@ -145,10 +149,13 @@ class FiDKDConfig(RunConfig):
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
             raise ConfigError(f"max_train_queries must be at least 1 (or null), got {self.max_train_queries}")
-        if self.on_worse not in ("keep", "continue"):
-            raise ConfigError(f"on_worse must be 'keep' or 'continue', got {self.on_worse!r}")
-        if self.on_collapse not in ("warn", "stop"):
-            raise ConfigError(f"on_collapse must be 'warn' or 'stop', got {self.on_collapse!r}")
+        if self.on_worse not in ON_WORSE:
+            raise ConfigError(f"on_worse must be 'keep', 'stop' or 'continue', got {self.on_worse!r}")
+
+    @property
+    def start_model(self) -> str:
+        """Round 1's retriever: "bm25" or a dense model (`start: student` is the student's initial model)."""
+        return self.retriever.model if self.start == "student" else self.start
 
 
 # ------------------------------------------------------------------------------------------- recipe
@@ -183,17 +190,18 @@ class FiDKDRecipe(Recipe):
                                            config.eval.max_queries, config.seed, self.corpus)
         logger.info("fid-kd: %d training questions (%s/%s), %s eval questions, start %s, %d round(s), n=%d",
                     len(self.train_queries), config.dataset, config.train_split,
-                    len(self.eval_ds.queries) if self.eval_ds else 0, config.start, config.rounds, config.n_passages)
+                    len(self.eval_ds.queries) if self.eval_ds else 0, config.start_model, config.rounds, config.n_passages)
 
         rounds: list[dict[str, Any]] = []
         stopped = None
         self.in_effect = [0]  # after round k: the round whose retriever is in use (0: the start retriever)
         for k in range(1, config.rounds + 1):
             rounds.append(self.run_round(config, out, k))
-            diagnostics = (rounds[-1].get("index") or {}).get("diagnostics") or {}
-            if config.on_collapse == "stop" and diagnostics.get("collapsed") and k < config.rounds:
-                stopped = {"after_round": k, "reason": "collapsed", "diagnostics": diagnostics}
-                logger.warning("round %d collapsed: stopping before round %d (on_collapse: stop)", k, k + 1)
+            guard = rounds[-1]["guard"]
+            if config.on_worse == "stop" and guard["worse"] and k < config.rounds:
+                stopped = {"after_round": k, "reasons": guard["reasons"]}
+                logger.warning("round %d made the retriever worse: stopping before round %d (on_worse: stop)", k,
+                               k + 1)
                 break
             self.write_results(out, self._results(config, out, rounds, partial=k < config.rounds))
         self._models = {}
@@ -211,10 +219,10 @@ class FiDKDRecipe(Recipe):
             "recipe": self.name, "output_dir": str(out), "complete": not partial,
             "train_questions": len(self.train_queries),
             "eval_questions": len(self.eval_ds.queries) if self.eval_ds is not None else 0,
-            "start": config.start, "n_passages": config.n_passages, "loss": config.retriever.loss,
+            "start": config.start_model, "n_passages": config.n_passages, "loss": config.retriever.loss,
             "aggregation": None if config.teacher_scores else config.teacher.aggregation,
             "teacher_scores": config.teacher_scores, "kept_round": kept,
-            "final_retriever": str(last / "retriever" / FINAL_DIR) if kept else config.start,
+            "final_retriever": str(last / "retriever" / FINAL_DIR) if kept else config.start_model,
             "final_reader": None if config.teacher_scores or not rounds else str(
                 out / f"round-{len(rounds)}" / "reader" / FINAL_DIR),
             "start_metrics": start_metrics,
@@ -266,17 +274,23 @@ class FiDKDRecipe(Recipe):
             key = corpus.fingerprint()
             if key not in built:
                 built[key] = bm25_cached(corpus) if config.start == "bm25" else DenseRetriever.build(
-                    corpus, config.start, batch_size=config.encode.batch_size, dtype=config.encode.dtype, cache=True)
+                    corpus, config.start_model, batch_size=config.encode.batch_size, dtype=config.encode.dtype, cache=True)
             return built[key]
 
         src = self.in_effect[k - 1]  # the retriever in use: the start one, or the last round kept
-        info: dict[str, Any] = {"retriever": f"round-{src} retriever" if src else config.start}
+        info: dict[str, Any] = {"retriever": f"round-{src} retriever" if src else config.start_model}
         if needs_train:
             if src == 0:
                 retriever = start_retriever(self.corpus)
             else:
                 retriever = DenseRetriever.load(out / f"round-{src}" / "index", corpus=self.corpus)
             train_run = retriever.search(self.train_queries, top_k=n)
+            if config.candidates == "union" and not (src == 0 and config.start == "bm25"):
+                bm25_run = bm25_cached(self.corpus).search(self.train_queries, top_k=n)
+                train_run = union_of_tops([(train_run, n), (bm25_run, n)])
+                if config.teacher_scores is None:  # a reader reads n passages: its first n are the list
+                    train_run = train_run.top(n)
+                info["candidates"] = "union"
             train_run.write_trec(d / "train.trec", tag=f"round-{k}")
             # A question with no hit (BM25: no known term) has nothing to read or to distil.
             read = Run({q: hits for q, hits in train_run.items() if hits}, name=train_run.name)
@@ -362,10 +376,13 @@ class FiDKDRecipe(Recipe):
         cfg = config.retriever
         given = config.teacher_scores not in (None, ANSWERS)
         source = Path(config.teacher_scores) if given else rd / "teacher" / SCORES_FILE
-        examples = list_examples(read_teacher_scores(source, corpus=self.corpus), self.train_queries, self.corpus,
-                                 source, normalize=config.teacher.normalize, scale=config.teacher.scale)
+        scores = read_teacher_scores(source, corpus=self.corpus)
+        examples = list_examples(scores, self.train_queries, self.corpus, source, normalize=config.teacher.normalize,
+                                 scale=config.teacher.scale, skip_uniform=config.teacher.skip_uniform)
         if not examples:
-            raise InputError(source, "no question with passages to distil from")
+            raise InputError(source, "no question with passages to distil from"
+                             + (" (every list's teacher scores are equal: teacher.skip_uniform)"
+                                if len(scores) else ""))
         start_from, src = None, self.in_effect[k - 1]
         if src and cfg.continue_training:
             start_from = out / f"round-{src}" / "retriever" / FINAL_DIR
@@ -373,7 +390,7 @@ class FiDKDRecipe(Recipe):
                                       seed=config.seed, resume=config.resume, callbacks=self.callbacks,
                                       start_from=start_from)
         self._models["student"] = (rd / "retriever" / FINAL_DIR, student)
-        return {**info, "teacher_scores": str(source)}
+        return {**info, "teacher_scores": str(source), "uniform_lists_skipped": len(scores) - len(examples)}
 
     def _index(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         """Re-embed the corpus with the trained retriever, save the index, evaluate it (`reindex`)."""

@@ -62,12 +62,16 @@ def teacher_targets(values: Sequence[float], normalize: str = "none", scale: flo
 
 
 def list_examples(scores, queries=None, corpus=None, source: str | Path | None = None, *, normalize: str = "none",
-                  scale: float = 1.0) -> list[ListExample]:
+                  scale: float = 1.0, skip_uniform: bool = False) -> list[ListExample]:
     """`ListExample`s from `TeacherScores`, in file order, with targets from `teacher_targets`. The question
     text comes from the score file's `query` field, else from `queries` (by qid); every pid must be in
-    `corpus` when given."""
+    `corpus` when given. `skip_uniform`: leave out lists whose teacher scores are all equal (an answer teacher's
+    list without an answer): their target is uniform and would only flatten the student (measured: +0.004
+    Top-5, bench/distill_student.py `skip_empty`)."""
     examples = []
     for qid, (pids, values) in scores.items():
+        if skip_uniform and len(values) > 1 and len(set(values)) == 1:
+            continue
         text = scores.queries.get(qid)
         if text is None and queries is not None and qid in queries.index_of:
             text = queries.texts[queries.index_of[qid]]
@@ -304,37 +308,6 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
                      "agreement_held_out": bool(cfg.agreement_holdout and cfg.agreement_sample)}
 
 
-def round_verdict(retriever: dict[str, Any] | None, index: dict[str, Any] | None) -> dict[str, Any]:
-    """Label-free: is a round's retriever worse than the one it started from? Worse when it collapsed (one passage
-    first for most questions: `evaluation.top1_concentration`), or when its KL to the teacher on held-out lists
-    rose (`agreement_holdout` > 0; on training lists agreement says nothing about this). KL, the objective itself,
-    and not top-1 agreement: with a 0/1 teacher several candidates tie for its top, and on a few hundred lists
-    top-1 agreement moves by chance (measured: 0.73 -> 0.69 on 100 held-out lists while KL, Spearman and dev
-    recall all improved)."""
-    reasons = []
-    diagnostics = (index or {}).get("diagnostics") or {}
-    if diagnostics.get("collapsed"):
-        reasons.append(f"collapsed: passage {diagnostics.get('top1_max_pid')} first for "
-                       f"{100 * diagnostics.get('top1_max_share', 0):.0f}% of questions")
-    before, after = (retriever or {}).get("agreement_before"), (retriever or {}).get("agreement_after")
-    if (retriever or {}).get("agreement_held_out") and before and after and after["kl"] > before["kl"]:
-        reasons.append(f"KL to the teacher on held-out lists rose from {before['kl']:.4f} to {after['kl']:.4f}")
-    return {"worse": bool(reasons), "reasons": reasons}
-
-
-def guard_round(k: int, source: int, retriever: dict | None, index: dict | None, on_worse: str) -> tuple[int, dict]:
-    """(the round whose retriever is in use after round k, the guard's record): round k started from round
-    `source`'s retriever (0: the start one); when `round_verdict` finds it worse and `on_worse` is "keep", that
-    earlier retriever stays in use, and the log says so."""
-    verdict = round_verdict(retriever, index)
-    keep = verdict["worse"] and on_worse == "keep"
-    if verdict["worse"]:
-        logger.warning("round %d made the retriever worse than %s (%s): %s", k,
-                       f"round {source}'s" if source else "the start retriever", "; ".join(verdict["reasons"]),
-                       "keeping that one (on_worse: keep)" if keep else "using it anyway (on_worse: continue)")
-    return (source if keep else k), {**verdict, "started_from_round": source, "kept": "previous" if keep else "new"}
-
-
 def reindex(student, corpus, round_dir: Path, encode: EncodeConfig, *, eval_ds=None, train_queries=None,
             top_k: int = 100, cache: bool = False) -> dict[str, Any]:
     """A round's index: the corpus re-embedded with the trained student (`cache`: read from the embedding cache,
@@ -371,7 +344,6 @@ __all__ = [
     "distillation_loss",
     "list_examples",
     "reindex",
-    "round_verdict",
     "student_list_scores",
     "teacher_agreement",
     "teacher_targets",
