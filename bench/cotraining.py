@@ -262,7 +262,10 @@ class Bench:
         start = time.perf_counter()
         steps = a.retriever_steps // a.iterations
         sets = [*self.retriever_sets(), f"iterations={a.iterations}", f"retriever_steps={steps}",
-                f"group_size={a.list_size}", f"trainer.save_steps={steps}"]
+                f"group_size={a.list_size}", f"trainer.save_steps={steps}",
+                # Every iteration used and all lists trained on, as the committed results were (they predate
+                # AR2's round guard): the comparison is between objectives, not the guard.
+                "on_worse=continue", "agreement_holdout=0"]
         if lambda_ is None:
             sets += ["retriever_loss=contrastive"]
             label, note = "Hard negatives (contrastive)", "AR2's refreshed negatives, no ranker"

@@ -187,8 +187,7 @@ class Bench:
         from distillir.evaluation import evaluate_run
         from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
-        distilled = {k: v for k, v in self.res["rows"].items() if k not in ("bm25", "minilm", "dpr_gold")
-                     and not k.startswith("rrf")}
+        distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and not v["labels_used"]}
         if not distilled or not self.wanted("rrf_best"):
             return
         best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])
@@ -236,7 +235,7 @@ class Bench:
         from distillir.retrievers.dense.encoder import BiEncoder
         from distillir.retrievers.dense.retriever import DenseRetriever
 
-        distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and k != "dpr_gold"}
+        distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and not v["labels_used"]}
         if not distilled or not self.wanted("scifact"):
             return
         best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])

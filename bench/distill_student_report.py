@@ -57,6 +57,13 @@ ABLATIONS["student_combo_sharp_q20k"] = {
     **ABLATIONS["combo_sharp_q20k"], "sources": ["student"],
     "system": "the student's own top-10, lists with an answer, in-batch + 16 random negatives, targets x 5, "
               "20k questions, 625 steps"}
+# The same settings with gold labels (DPR-style supervision through the same path, at the same budget), and with
+# twice the steps (every one of the 20k lists once).
+ABLATIONS["gold_combo_sharp_q20k"] = {**ABLATIONS["combo_sharp_q20k"], "teacher": "gold",
+                                      "system": "gold passage + the same candidates and settings as "
+                                                "`combo_sharp_q20k` (labels: DPR-style supervision)"}
+ABLATIONS["combo_sharp_q20k_1250"] = {**ABLATIONS["combo_sharp_q20k"], "steps": 1250,
+                                      "system": ABLATIONS["combo_sharp"]["system"] + ", 20k questions, 1250 steps"}
 
 COLUMNS = ["Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"]
 

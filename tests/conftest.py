@@ -41,6 +41,22 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide Llama (a causal LM) with random weights and MiniLM's tokenizer (no chat template)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_llama")
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> str:
     path = os.path.abspath(SHARED_DATA)
     if not os.path.isdir(path):

@@ -424,3 +424,81 @@ def test_answer_string_teacher_iterates_without_a_reader(env, tiny_bert_dir, tmp
             assert values == [float(has_answer(ex["answers"], c["text"])) for c in ex["ctxs"]]
     with pytest.raises(ConfigError, match="rounds"):
         load_config(FiDKDConfig, None, ["teacher_scores=scores.jsonl", "rounds=2"])
+
+
+def test_union_candidates_from_the_student_and_bm25(env, tiny_bert_dir, tmp_path):
+    """The defaults' lists: round 1 from the student's own model (start: student) merged with BM25's top-n, in
+    RRF order; the answer teacher scores all of them (up to 2n), a reader would read the first n; lists whose
+    teacher scores are all equal are not trained on."""
+    from distillir.data.loaders import load_corpus, load_queries
+    from distillir.data.run import Run
+    from distillir.retrievers.bm25 import BM25Retriever
+    from distillir.retrievers.dense.retriever import DenseRetriever
+    from distillir.retrievers.hybrid import union_of_tops
+    from distillir.teachers import read_teacher_scores
+
+    _, data = env
+    out = tmp_path / "union"
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "teacher_scores=answers", "start=student",
+                                            "candidates=union", "rounds=1", "eval=null"))
+    corpus = load_corpus(data)
+    queries = load_queries(data / "train.jsonl")
+    dense = DenseRetriever.build(corpus, tiny_bert_dir, batch_size=16).search(queries, top_k=4)
+    bm25 = BM25Retriever.build(corpus).search(queries, top_k=4)
+    expected = union_of_tops([(dense, 4), (bm25, 4)])
+    got = Run.read(out / "round-1" / "retrieve" / "train.trec")
+    assert {q: [p for p, _ in got[q]] for q in got} == {q: [p for p, _ in expected[q]] for q in expected}
+    assert max(len(got[q]) for q in got) > 4  # the union adds BM25's passages the student missed
+    scores = read_teacher_scores(out / "round-1" / "teacher" / "scores.jsonl")
+    uniform = sum(1 for q in scores if len(set(scores[q][1])) == 1)
+    record = results["rounds"][0]["retriever"]
+    assert record["uniform_lists_skipped"] == uniform
+    assert record["lists"] + record["agreement_before"]["lists"] == len(scores) - uniform
+
+
+def test_list_examples_skip_uniform_lists():
+    from distillir.teachers import TeacherScores
+
+    scores = TeacherScores("t")
+    scores.add("a", ["p1", "p2"], [0.0, 0.0], query="qa")  # no signal
+    scores.add("b", ["p1", "p2"], [1.0, 0.0], query="qb")
+    scores.add("c", ["p3"], [0.0], query="qc")  # one passage: kept (its in-batch term still teaches)
+    kept = list_examples(scores, normalize="zscore", scale=5.0, skip_uniform=True)
+    assert [ex.qid for ex in kept] == ["b", "c"] and kept[0].scores == [5.0, -5.0] and kept[1].scores == [0.0]
+    assert [ex.qid for ex in list_examples(scores)] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("teacher", ["pdist", "question_likelihood"])
+def test_causal_lm_reader_teaches_without_training(env, tiny_bert_dir, tiny_lm_dir, tmp_path, monkeypatch, teacher):
+    """reader.kind: causal-lm: no reader stage; the LM's scores of each round's lists are the teacher (as
+    `lm_teacher_scores` computes them by hand here), its answers are evaluated, and a resumed run rescoring
+    nothing reads every score from the cache."""
+    from distillir.readers.causal_lm import CausalLMReader
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.teachers import read_teacher_scores
+    from distillir.teachers.lm_likelihood import lm_teacher_scores
+
+    _, data = env
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / teacher
+    extra = ["reader.kind=causal-lm", f"reader.model={tiny_lm_dir}", f"teacher.aggregation={teacher}",
+             "reader.lm.dtype=float32", "reader.passage_max_length=24", "reader.answer_max_length=3"]
+    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, *extra))
+    assert len(results["rounds"]) == 2 and not (out / "round-1" / "reader" / "final").exists()
+    reader = CausalLMReader.from_pretrained(tiny_lm_dir, passage_max_tokens=24)
+    for k in (1, 2):
+        rd = out / f"round-{k}"
+        record = results["rounds"][k - 1]
+        assert "reader" not in record and {"EM", "F1"} <= set(record["reader_eval"]["metrics"])
+        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
+        expected = lm_teacher_scores(reader, load_fid_examples(rd / "retrieve" / "train.jsonl"), teacher,
+                                     n_passages=4, progress=None)
+        assert scores.teacher == f"lm-{teacher}:{tiny_lm_dir}" and list(scores) == list(expected)
+        assert all(scores[q][0] == expected[q][0] and scores[q][1] == pytest.approx(expected[q][1], abs=1e-4)
+                   for q in scores)
+    with pytest.raises(ConfigError, match="causal-lm scores with"):
+        load_config(FiDKDConfig, None, ["reader.kind=causal-lm", "teacher.aggregation=fid"])
+    with pytest.raises(ConfigError, match="needs reader.kind: causal-lm"):
+        load_config(FiDKDConfig, None, ["teacher.aggregation=question_likelihood"])
+    assert load_config(FiDKDConfig, None, ["reader.kind=causal-lm", "teacher.aggregation=pdist"]).reader.model == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"

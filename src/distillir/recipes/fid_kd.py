@@ -1,34 +1,24 @@
-"""FiD-KD: distil a Fusion-in-Decoder reader's cross-attention into a dense retriever, without relevance labels.
+"""FiD-KD: distil a reader's relevance into a dense retriever, without relevance labels (Izacard & Grave, 2021,
+"Distilling Knowledge from Reader to Retriever for Question Answering"; facebookresearch/FiD). A reader answers
+from a retriever's top-n passages, the passages it attends to (or finds likely) become teacher scores T(q, p),
+a bi-encoder learns to reproduce T over each question's list, and the rounds iterate.
 
-Izacard & Grave (2021), "Distilling Knowledge from Reader to Retriever for Question Answering" (ICLR;
-facebookresearch/FiD). The only supervision is question-answer pairs and a corpus: a reader learns to answer
-from a retriever's top-n passages, the passages it attends to become the teacher scores T(q, p), and a
-bi-encoder learns to reproduce T over each question's list. Iterating improves both.
+Round k (`output_dir/round-k/`), each stage resumable on its own:
+  retrieve     the retriever in use (round 1: `start`; later the last round the guard kept) fetches each
+               training question's top-n (`candidates: union`: merged with BM25's) and each eval question's.
+  reader       train the FiD reader on the lists (round k > 1 continues round k-1's) -> `reader/final/`;
+               a causal LM (`reader.kind: causal-lm`) is used as it is: no reader stage.
+  reader_eval  the reader's answers for the eval questions -> `reader/predictions.json`; EM / F1.
+  teacher      scores for every training list -> `teacher/scores.jsonl`: FiD attention or likelihood
+               aggregations, or a causal LM's pdist / question_likelihood (`teachers.lm_likelihood`).
+  retriever    the student on loss(S, T) over each list (`common.distill.train_student`) -> `retriever/final/`.
+  index        re-embed the corpus -> `index/`, eval metrics, and the round guard (`on_worse`, `common.guard`).
+Every stage writes atomically, then its marker `stages/<stage>.json`: a resumed run skips finished stages.
 
-Round k (directory `output_dir/round-k/`), each stage resumable on its own:
-
-  retrieve     the current retriever (round 1: `start`; later: the last round the guard kept, over its
-               re-embedded corpus) fetches the top-n of every training question (`candidates: union`: merged
-               with BM25's top-n) and the top-`eval.top_k` of every eval question -> `retrieve/*.trec`, `*.jsonl`.
-  reader       train the FiD reader on the training questions' lists (`reader/`; round k > 1 continues round
-               k-1's reader when `reader.warm_start_next_round`) -> `reader/final/`.
-  reader_eval  the reader's answers for the eval questions' top-n -> `reader/predictions.json`; EM / F1.
-  teacher      teacher scores for every training list (the configured aggregation) -> `teacher/scores.jsonl`.
-  retriever    train the bi-encoder on loss(S, T) over each list (and, by default, the batch's other lists and
-               random passages as negatives: `common.distill.train_student`) -> `retriever/final/`.
-  index        re-embed the corpus with it -> `index/`, retrieve for the eval questions; eval metrics, and the
-               round guard (`on_worse`): a round the label-free check finds worse is not kept.
-
-Every stage writes its outputs atomically, then its marker `stages/<stage>.json`, so a resumed run skips
-finished stages and an interrupted Trainer continues from its last checkpoint. The student side is
-`distillir.recipes.common.distill` (shared with every distilling recipe); the reader side `common.reading`.
-
-`teacher_scores: PATH` distils from a score file made elsewhere (one round, no reader). `teacher_scores:
-answers` is the answer-string teacher (1 if a candidate holds an answer, else 0; DPR's distant supervision):
-it scores each round's own lists, so it iterates like the reader.
-
-No relevance labels are read for training: the training split is reduced to question ids, texts and answers.
-Gold passages (qrels) are used only to *evaluate* on the eval split.
+`teacher_scores: PATH` distils from a score file made elsewhere (one round); `teacher_scores: answers` is the
+answer-string teacher (1 if a candidate holds an answer; DPR's distant supervision), iterating without a
+reader. No relevance labels are read for training: the training split is reduced to question ids, texts and
+answers (`question_likelihood`: questions only). Gold passages are used only to evaluate.
 """
 
 from __future__ import annotations
@@ -47,14 +37,16 @@ from distillir.recipes.common.distill import build_student, list_examples, reind
 from distillir.recipes.common.guard import ON_WORSE, guard_round
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
+    build_lm_reader,
     build_reader,
+    check_reader_teacher,
     evaluate_retrieval,
     free_accelerator_memory,
-    inference_autocast,
     load_eval_split,
     qa_training_split,
+    read_answers,
     reader_loss,
-    score_teacher,
+    reader_teacher,
     torch_device,
 )
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
@@ -93,7 +85,10 @@ class FiDKDEval(QAEvalConfig):
 
 @dataclass
 class FiDKDTeacher:
-    aggregation: Literal["fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop"] = "fid"
+    # A FiD reader's attention or likelihood aggregations; with `reader.kind: causal-lm`: pdist (log p(answer |
+    # passage, question)) or question_likelihood (log p(question | passage): no answers needed).
+    aggregation: Literal["fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop",
+                         "question_likelihood"] = "fid"
     layers: list[int] | None = None  # decoder layers for attention aggregations (negative from the end); null: all
     # How the raw scores become the distillation target T, per question, before the loss (the score file keeps
     # the raw scores). none: as they are (the paper). zscore: (T - mean) / std over the question's list, which
@@ -149,6 +144,8 @@ class FiDKDConfig(RunConfig):
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
             raise ConfigError(f"max_train_queries must be at least 1 (or null), got {self.max_train_queries}")
+        if self.teacher_scores is None:
+            check_reader_teacher(self.reader, self.teacher.aggregation)
         if self.on_worse not in ON_WORSE:
             raise ConfigError(f"on_worse must be 'keep', 'stop' or 'continue', got {self.on_worse!r}")
 
@@ -180,8 +177,10 @@ class FiDKDRecipe(Recipe):
         self._models = {}
         self.callbacks = list(callbacks)
 
+        self.lm = config.reader.kind == "causal-lm" and config.teacher_scores is None
+        questions_only = self.lm and config.teacher.aggregation == "question_likelihood"
         train, self.train_queries = qa_training_split(config.dataset, config.train_split, config.max_train_queries,
-                                                      config.seed)
+                                                      config.seed, need_answers=not questions_only)
         self.corpus = train.corpus
         del train  # no qrels, no gold passages past this line: the questions keep ids, texts and answers
         self.eval_ds = None
@@ -240,7 +239,11 @@ class FiDKDRecipe(Recipe):
         record["retrieve"] = stages.run("retrieve", lambda: self._retrieve(config, out, rd, k))
         if config.teacher_scores == ANSWERS:
             record["teacher"] = stages.run("teacher", lambda: self._answer_teacher(rd))
-        if config.teacher_scores is None:
+        if self.lm:  # used as it is: no reader training
+            if config.eval is not None and config.eval.reader:
+                record["reader_eval"] = stages.run("reader_eval", lambda: self._evaluate_reader(config, rd))
+            record["teacher"] = stages.run("teacher", lambda: self._score(config, rd))
+        elif config.teacher_scores is None:
             record["reader"] = stages.run("reader", lambda: self._train_reader(config, out, rd, k))
             if config.eval is not None and config.eval.reader:
                 record["reader_eval"] = stages.run("reader_eval", lambda: self._evaluate_reader(config, rd))
@@ -308,7 +311,11 @@ class FiDKDRecipe(Recipe):
         return info
 
     def _reader(self, config: FiDKDConfig, path: Path):
-        """The reader saved at `path`, kept in memory between the stages of a round."""
+        """The reader saved at `path` (a causal LM: `reader.model`), kept in memory between stages and rounds."""
+        if self.lm:
+            if "lm" not in self._models:
+                self._models["lm"] = (None, build_lm_reader(config.reader))
+            return self._models["lm"][1]
         cached = self._models.get("reader")
         if cached is not None and cached[0] == path:
             return cached[1]
@@ -343,19 +350,15 @@ class FiDKDRecipe(Recipe):
             examples = examples[: config.eval.reader_max_queries]
         queries = self.eval_ds.queries.subset([str(ex["id"]) for ex in examples])
         examples = [ex for ex in examples if ex["ctxs"]]  # nothing retrieved: no answer (scored 0)
-        with inference_autocast(config.reader.inference_dtype, str(reader.device)):
-            predictions = reader.predict(examples, batch_size=config.reader.batch_size, n_passages=config.n_passages,
-                                         max_new_tokens=config.reader.answer_max_length,
-                                         num_beams=config.reader.num_beams)
+        predictions = read_answers(reader, examples, config.reader, config.n_passages)
         write_json(rd / "reader" / PREDICTIONS_FILE, predictions)
         return {"metrics": evaluate_answers(predictions, queries)}
 
     def _score(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         reader = self._reader(config, rd / "reader" / FINAL_DIR)
         examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
-        scores = score_teacher(reader, examples, config.teacher.aggregation, layers=config.teacher.layers,
-                               n_passages=config.n_passages, batch_size=config.reader.batch_size,
-                               dtype=config.reader.inference_dtype)
+        scores = reader_teacher(reader, examples, config.reader, config.teacher.aggregation, config.n_passages,
+                                layers=config.teacher.layers)
         scores.write(rd / "teacher" / SCORES_FILE)
         hits = answer_hits(scores, examples)
         if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:

@@ -13,6 +13,7 @@ from distillir.data.datasets import load_dataset
 from distillir.data.negatives import positives_from_dataset
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
+from distillir.readers.prompts import DEFAULT_READER_LM, PromptTemplate
 from distillir.training.arguments import TrainConfig, check_max_grad_norm
 
 
@@ -118,10 +119,33 @@ class RankerWarmup:
 
 
 @dataclass
+class CausalLMConfig:
+    """A causal-LM reader (`reader.kind: causal-lm`): used as it is (no training), it reads each candidate alone
+    and scores it (the LM teachers: `teacher.aggregation: pdist | question_likelihood`)."""
+
+    # auto: bfloat16 where it is native (a GPU, or a CPU with avx512_bf16 / AMX), float32 elsewhere (on an
+    # AVX2-only CPU bf16 is 5-6x slower).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    prompts: PromptTemplate = field(default_factory=PromptTemplate)
+    reduce: Literal["mean", "sum"] = "mean"  # over the target's tokens
+    answers: Literal["max", "mean"] = "max"  # pdist over several gold answers
+    read_passages: int = 1  # passages joined as the context when answering (reader_eval)
+    cache: bool = True  # scores cached by (model, prompt, target) under $DISTILLIR_CACHE: resumable, reusable
+
+    def __post_init__(self) -> None:
+        if self.read_passages < 1:
+            raise ConfigError(f"read_passages must be at least 1, got {self.read_passages}")
+
+
+@dataclass
 class ReaderConfig:
     """A seq2seq reader (FiD-KD's reader, Re2G's generator, DGR's identifier generator): how it is built, its
     input lengths, and how it is trained and run."""
 
+    # fid: a seq2seq reader trained on the lists (FiD); causal-lm: a decoder-only LM (hub id, directory or GGUF
+    # file; `model` defaults to SmolLM2-135M-Instruct) used as it is, its settings in `lm`.
+    kind: Literal["fid", "causal-lm"] = "fid"
+    lm: CausalLMConfig = field(default_factory=CausalLMConfig)
     # encoder-decoder: EncoderDecoderModel warm-started from the BERT-like encoder `model` (cross-attention new);
     # pretrained: any HF seq2seq model id or path (t5-base, bart-base, a saved FiDReader);
     # t5-config: a randomly initialised T5 sized by `t5` with `model`'s tokenizer.
@@ -144,6 +168,8 @@ class ReaderConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.kind == "causal-lm" and self.model == DEFAULT_ENCODER:
+            self.model = DEFAULT_READER_LM
         if self.batch_size < 1 or self.num_beams < 1:
             raise ConfigError("batch_size and num_beams must be at least 1")
         if self.num_layers is not None and self.num_layers < 1:
@@ -215,6 +241,7 @@ class EncodeConfig:
 
 
 __all__ = [
+    "CausalLMConfig",
     "EncodeConfig",
     "EvalConfig",
     "PipelineEvalConfig",

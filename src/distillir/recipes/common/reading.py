@@ -115,12 +115,13 @@ def collapse_check(run, label: str) -> dict[str, Any]:
     return found
 
 
-def qa_queries(queries):
+def qa_queries(queries, keep_unanswered: bool = False):
     """The training questions reduced to what FiD-KD may use: ids, texts and answers (no gold passages);
-    questions without an answer are left out (the reader needs one to learn from)."""
-    keep = [i for i, a in enumerate(queries.answers) if a]
+    questions without an answer are left out (the reader needs one to learn from) unless `keep_unanswered`."""
+    answers = queries.answers or [[] for _ in queries.ids]
+    keep = [i for i, a in enumerate(answers) if a or keep_unanswered]
     return Queries([queries.ids[i] for i in keep], [queries.texts[i] for i in keep],
-                   [list(queries.answers[i]) for i in keep], source=queries.source)
+                   [list(answers[i] or []) for i in keep], source=queries.source)
 
 
 def free_accelerator_memory() -> None:
@@ -138,19 +139,71 @@ def load_eval_split(dataset: str, split: str, max_queries, seed: int, train_corp
     return eval_ds
 
 
-def qa_training_split(dataset: str, split: str, max_queries, seed: int):
+def qa_training_split(dataset: str, split: str, max_queries, seed: int, need_answers: bool = True):
     """(the training split, its questions reduced to ids, texts and answers: `qa_queries`); a ConfigError when no
-    question has an answer to learn from."""
+    question has an answer to learn from. `need_answers=False` (a questions-only teacher) keeps every question."""
     train = load_dataset(dataset, split, max_queries=max_queries, seed=seed)
-    queries = qa_queries(train.queries)
+    queries = qa_queries(train.queries, keep_unanswered=not need_answers)
     if not len(queries):
         raise ConfigError(f"{dataset}/{split}: no question has an answer to learn from")
     return train, queries
 
 
+def build_lm_reader(cfg: ReaderConfig):
+    """The causal-LM reader of `reader.kind: causal-lm`, in the configured precision ("auto": bf16 where native)."""
+    from distillir.readers.causal_lm import CausalLMReader
+    from distillir.retrievers.dense.inference import default_encoding_dtype
+
+    dtype = cfg.lm.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if torch.cuda.is_available() else default_encoding_dtype()
+    reader = CausalLMReader.from_pretrained(cfg.model, prompts=cfg.lm.prompts, dtype=dtype,
+                                            passage_max_tokens=cfg.passage_max_length)
+    reader.model.to(torch_device(cfg.trainer.cpu))
+    return reader
+
+
+LM_TEACHERS = ("pdist", "question_likelihood")
+
+
+def check_reader_teacher(cfg: ReaderConfig, aggregation: str) -> None:
+    """A causal LM scores with the LM teachers only; question likelihood needs a causal LM."""
+    if cfg.kind == "causal-lm" and aggregation not in LM_TEACHERS:
+        raise ConfigError(f"reader.kind: causal-lm scores with teacher.aggregation {' or '.join(LM_TEACHERS)}, "
+                          f"got {aggregation!r}")
+    if cfg.kind == "fid" and aggregation == "question_likelihood":
+        raise ConfigError("teacher.aggregation: question_likelihood needs reader.kind: causal-lm")
+
+
+def reader_teacher(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation: str, n_passages: int, *,
+                   layers=None):
+    """Teacher scores for the lists from either reader: a causal LM through the LM teachers (and their score
+    cache), a FiD reader through `score_teacher`."""
+    if cfg.kind == "causal-lm":
+        from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
+
+        return lm_teacher_scores(reader, examples, aggregation, reduce=cfg.lm.reduce, answers=cfg.lm.answers,
+                                 n_passages=n_passages, batch_size=cfg.batch_size,
+                                 cache=default_cache(reader) if cfg.lm.cache else None)
+    return score_teacher(reader, examples, aggregation, layers=layers, n_passages=n_passages,
+                         batch_size=cfg.batch_size, dtype=cfg.inference_dtype)
+
+
+def read_answers(reader, examples: Sequence[dict], cfg: ReaderConfig, n_passages: int) -> dict[str, str]:
+    """{question id: answer} from either reader (a causal LM reads its first `lm.read_passages` joined)."""
+    if cfg.kind == "causal-lm":
+        return reader.read(examples, n_passages=cfg.lm.read_passages, max_new_tokens=cfg.answer_max_length,
+                           batch_size=cfg.batch_size)
+    with inference_autocast(cfg.inference_dtype, str(reader.device)):
+        return reader.predict(examples, batch_size=cfg.batch_size, n_passages=n_passages,
+                              max_new_tokens=cfg.answer_max_length, num_beams=cfg.num_beams)
+
+
 __all__ = [
     "CollatorRNGCallback",
+    "build_lm_reader",
     "build_reader",
+    "check_reader_teacher",
     "collapse_check",
     "evaluate_retrieval",
     "free_accelerator_memory",
@@ -158,7 +211,9 @@ __all__ = [
     "load_eval_split",
     "qa_queries",
     "qa_training_split",
+    "read_answers",
     "reader_loss",
+    "reader_teacher",
     "score_teacher",
     "torch_device",
 ]

