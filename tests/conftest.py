@@ -56,6 +56,17 @@ def tiny_lm_dir(tmp_path_factory, minilm_path) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def fidkd_env(tmp_path_factory):
+    """(a temp dir with its own DISTILLIR_CACHE, the toy QA dataset in the squad-open layout), per module."""
+    from distillir.data.toy import write_toy_qa
+
+    with pytest.MonkeyPatch.context() as mp:
+        base = tmp_path_factory.mktemp("fidkd")
+        mp.setenv("DISTILLIR_CACHE", str(base / "cache"))
+        yield base, write_toy_qa(base / "qa")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> str:
     path = os.path.abspath(SHARED_DATA)

@@ -37,3 +37,23 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def same_weights(a: Path, b: Path) -> bool:
     wa, wb = weights(a), weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def fid_kd_config(bert: str, data, out, *extra: str):
+    """FiD-KD on the toy QA data with the tiny BERT as reader and retriever, sized for tests."""
+    from distillir.recipes.fid_kd import FiDKDConfig
+    from distillir.training.config import load_config
+
+    return load_config(FiDKDConfig, None, [
+        # BM25 first, and every round used (the guard's tests set on_worse themselves): the stage mechanics.
+        f"output_dir={out}", f"dataset={data}", "seed=5", "rounds=2", "n_passages=4", "max_train_queries=null",
+        "start=bm25", "on_worse=continue",
+        "reader.init=encoder-decoder", f"reader.model={bert}", "reader.passage_max_length=32",
+        "reader.answer_max_length=4", "reader.batch_size=4",
+        "reader.trainer={per_device_batch_size: 2, max_steps: 2, learning_rate: 1.0e-3, save_steps: 1, log_steps: 1}",
+        f"retriever.model={bert}", "retriever.normalize=true", "retriever.query_max_length=16",
+        "retriever.passage_max_length=32", "retriever.agreement_sample=8",
+        "retriever.trainer={per_device_batch_size: 2, max_steps: 4, learning_rate: 1.0e-3, save_steps: 2, log_steps: 1}",
+        "encode.batch_size=16", f"eval.dataset={data}", "eval.split=dev", "eval.max_queries=null", "eval.top_k=5",
+        *extra,
+    ])

@@ -170,3 +170,42 @@ def test_packaged_smollm2_gguf_loads_and_scores():
     prompt = reader.read_prompt("What is the capital of France?", "", "Paris is the capital of France.")
     right, wrong = reader.score_targets([(prompt, "Paris"), (prompt, "Berlin")])
     assert right > wrong  # a pretrained LM reads
+
+
+def test_span_attention_on_a_hand_built_tensor():
+    from distillir.teachers.lm_attention import AttentionUnavailableError, span_attention
+
+    # 2 layers, 2 heads, 5 positions; passages at tokens [1, 3) and [3, 4); rows 4 (the answer's predictor).
+    a = torch.zeros(2, 1, 2, 5, 5)
+    a[0, 0, 0, 4] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    a[0, 0, 1, 4] = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0])
+    a[1, 0, 0, 4] = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0])
+    a[1, 0, 1, 4] = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+    layers = [a[0], a[1]]
+    # layer 0: heads (0.5, 0.4) and (0.5, 0.5) -> (0.5, 0.45); layer 1: (0, 1) and (0.4, 0.2) -> (0.2, 0.6)
+    assert span_attention(layers, [(1, 3), (3, 4)], [4]).tolist() == pytest.approx([0.35, 0.525])
+    assert span_attention(layers, [(1, 3), (3, 4)], [4], layers=[-1]).tolist() == pytest.approx([0.2, 0.6])
+    with pytest.raises(AttentionUnavailableError, match="eager"):
+        span_attention([torch.empty(0)], [(0, 1)], [0])
+
+
+def test_attention_teacher_reads_the_passages_together(tiny_lm_dir):
+    from distillir.teachers.lm_attention import attention_prompt, lm_attention_scores, token_spans
+
+    reader = CausalLMReader.from_pretrained(tiny_lm_dir, attn_implementation="eager")
+    ex = examples()[0]
+    prompt, spans = attention_prompt(reader, ex["question"], ex["ctxs"])
+    assert [prompt[s:e] for s, e in spans] == ["[1] Paris\nParis is the capital of France.",
+                                               "[2] Berlin\nBerlin is the capital of Germany."]
+    enc = reader.tokenizer(prompt, return_offsets_mapping=True)
+    tok = token_spans(enc["offset_mapping"], spans)
+    words = [reader.tokenizer.decode(enc["input_ids"][s:e]) for s, e in tok]
+    assert words[0].startswith("[ 1 ] paris") and words[1].endswith("capital of germany.")
+    scores = lm_attention_scores(reader, examples(), n_passages=2)
+    assert list(scores) == ["q1"] and scores["q1"][0] == ["p1", "p3"]  # q2 has no answer
+    assert all(0.0 < v < 1.0 for v in scores["q1"][1]) and sum(scores["q1"][1]) < 1.0
+    from distillir.teachers.lm_attention import AttentionUnavailableError
+
+    sdpa = CausalLMReader.from_pretrained(tiny_lm_dir, attn_implementation="sdpa")  # returns no attention
+    with pytest.raises(AttentionUnavailableError, match="eager"):  # an error, not zeros
+        lm_attention_scores(sdpa, examples(), n_passages=2)

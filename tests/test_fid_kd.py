@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import KillAt, weights
+from helpers import KillAt, fid_kd_config, weights
 
-from distillir.data.toy import FACTS, write_toy_qa
+from distillir.data.toy import FACTS
 from distillir.errors import ConfigError
 from distillir.recipes import RECIPES, get_recipe
 from distillir.recipes.common.distill import (
@@ -32,40 +32,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        base = tmp_path_factory.mktemp("fidkd")
-        mp.setenv("DISTILLIR_CACHE", str(base / "cache"))
-        yield base, write_toy_qa(base / "qa")
-
-
-def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> FiDKDConfig:
-    return load_config(FiDKDConfig, None, [
-        # BM25 first, and every round used (the guard's tests set on_worse themselves): the stage mechanics.
-        f"output_dir={out}", f"dataset={data}", "seed=5", "rounds=2", "n_passages=4", "max_train_queries=null",
-        "start=bm25", "on_worse=continue",
-        "reader.init=encoder-decoder", f"reader.model={bert}", "reader.passage_max_length=32",
-        "reader.answer_max_length=4", "reader.batch_size=4",
-        "reader.trainer={per_device_batch_size: 2, max_steps: 2, learning_rate: 1.0e-3, save_steps: 1, log_steps: 1}",
-        f"retriever.model={bert}", "retriever.normalize=true", "retriever.query_max_length=16",
-        "retriever.passage_max_length=32", "retriever.agreement_sample=8",
-        "retriever.trainer={per_device_batch_size: 2, max_steps: 4, learning_rate: 1.0e-3, save_steps: 2, log_steps: 1}",
-        "encode.batch_size=16", f"eval.dataset={data}", "eval.split=dev", "eval.max_queries=null", "eval.top_k=5",
-        *extra,
-    ])
-
-
-@pytest.fixture(scope="module")
-def reference(env, tiny_bert_dir):
-    base, data = env
+def reference(fidkd_env, tiny_bert_dir):
+    base, data = fidkd_env
     out = base / "reference"
     stages: list[tuple[int, str, bool]] = []
     results = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"]))).run(
-        tiny_config(tiny_bert_dir, data, out))
+        fid_kd_config(tiny_bert_dir, data, out))
     return out, results, stages
 
 
-def test_two_rounds_end_to_end(reference, env):
+def test_two_rounds_end_to_end(reference, fidkd_env):
     from distillir.readers.fid import FiDReader
     from distillir.readers.fid_data import load_fid_examples
     from distillir.retrievers.dense.encoder import BiEncoder
@@ -73,7 +49,7 @@ def test_two_rounds_end_to_end(reference, env):
     from distillir.teachers import read_teacher_scores
 
     out, results, stages = reference
-    _, data = env
+    _, data = fidkd_env
     assert stages == [(k, s, False) for k in (1, 2) for s in STAGES]
     assert results["complete"] and len(results["rounds"]) == 2
     assert results["train_questions"] == 8 and results["eval_questions"] == 4
@@ -112,21 +88,21 @@ def test_two_rounds_end_to_end(reference, env):
     assert results["metrics"] == results["rounds"][1]["index"]["metrics"]
 
 
-def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert_dir):
-    base, data = env
+def test_interrupted_round_resumes_to_the_same_outputs(reference, fidkd_env, tiny_bert_dir):
+    base, data = fidkd_env
     ref_out, ref_results, _ = reference
     out = base / "killed"
     with pytest.raises(KeyboardInterrupt):  # killed in round 2's reader training, after its step-1 checkpoint
-        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out), callbacks=[KillAt(2, "round-2/reader")])
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out), callbacks=[KillAt(2, "round-2/reader")])
     assert [s for s, _ in list_checkpoints(out / "round-2" / "reader")] == [1]
     assert not (out / "round-2" / "stages" / "reader.json").exists()
     with pytest.raises(ConfigError, match="already holds a run"):
-        FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out))
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out))
 
     stages: list[tuple[int, str, bool]] = []
     hook = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"])))
     with pytest.raises(KeyboardInterrupt):  # resumed, then killed again in round 2's retriever training
-        hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"), callbacks=[KillAt(3, "round-2/retriever")])
+        hook.run(fid_kd_config(tiny_bert_dir, data, out, "resume=true"), callbacks=[KillAt(3, "round-2/retriever")])
     assert stages == [(1, s, True) for s in STAGES] + [(2, "retrieve", True), (2, "reader", False),
                                                        (2, "reader_eval", False), (2, "teacher", False)]
     assert json.loads((out / "round-2" / "stages" / "reader.json").read_text())["train"]["resumed_from"].endswith(
@@ -134,7 +110,7 @@ def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert
     assert [s for s, _ in list_checkpoints(out / "round-2" / "retriever")] == [2]
 
     stages.clear()
-    results = hook.run(tiny_config(tiny_bert_dir, data, out, "resume=true"))
+    results = hook.run(fid_kd_config(tiny_bert_dir, data, out, "resume=true"))
     assert stages == [(k, s, not (k == 2 and s in ("retriever", "index"))) for k in (1, 2) for s in STAGES]
     assert results["rounds"][1]["retriever"]["train"]["resumed_from"].endswith("step-2")
 
@@ -147,44 +123,13 @@ def test_interrupted_round_resumes_to_the_same_outputs(reference, env, tiny_bert
     assert results["metrics"] == ref_results["metrics"]
 
 
-def test_on_worse_stop_ends_the_run_after_a_collapsed_round(env, tiny_bert_dir, tmp_path, monkeypatch):
-    from distillir.evaluation import diagnostics
-
-    _, data = env
-    seen = []
-
-    def always_collapsed(run):  # 4 tiny questions never reach the real check's minimum: force the verdict
-        seen.append(len(run))
-        return {"queries": len(run), "distinct_top1": 1, "top1_max_share": 1.0, "top1_max_pid": "x",
-                "collapsed": True}
-
-    monkeypatch.setattr(diagnostics, "top1_concentration", always_collapsed)
-    out = tmp_path / "stop"
-    # No eval split: the check runs on the training questions' top-1.
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "on_worse=stop", "eval=null"))
-    assert seen == [8]
-    assert len(results["rounds"]) == 1 and not (out / "round-2").exists()
-    assert results["stopped"]["after_round"] == 1 and results["complete"]
-    assert results["rounds"][0]["index"]["diagnostics"]["questions"] == "train"
-    assert "collapsed" in json.loads((out / "results.json").read_text())["stopped"]["reasons"][0]
-    assert results["kept_round"] == 0  # the collapsed round is not kept
-    # Resuming the stopped run stops at the same place without redoing anything.
-    stages = []
-    again = FiDKDRecipe(on_stage=lambda k, s, info: stages.append((k, s, info["skipped"]))).run(
-        tiny_config(tiny_bert_dir, data, out, "on_worse=stop", "eval=null", "resume=true"))
-    assert all(skipped for _, _, skipped in stages) and {k for k, _, _ in stages} == {1}
-    assert again["stopped"]["after_round"] == 1
-    with pytest.raises(ConfigError, match="on_worse"):
-        load_config(FiDKDConfig, None, ["on_worse=ignore"])
-
-
-def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tmp_path):
+def test_distilling_fixed_teacher_scores_raises_agreement(fidkd_env, tiny_bert_dir, tmp_path):
     """A score file from elsewhere: each question's list, the passage on its topic that names the answer
     scored highest. ~20 KL steps bring the student's distribution over each list close to the teacher's."""
     from distillir.data.loaders import load_corpus
     from distillir.teachers import TeacherScores, read_teacher_scores
 
-    _, data = env
+    _, data = fidkd_env
     scores = TeacherScores("handmade")
     for i, (topic, name, _) in enumerate(FACTS):
         others = [f"p{(i + 1) % 6}a", f"p{(i + 2) % 6}b"]
@@ -192,7 +137,7 @@ def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tm
                    query=f"Who led the first {topic} survey?", answers=[name])
     path = tmp_path / "scores.jsonl"
     scores.write(path)
-    config = tiny_config(tiny_bert_dir, data, tmp_path / "run", f"teacher_scores={path}", "rounds=1", "eval=null",
+    config = fid_kd_config(tiny_bert_dir, data, tmp_path / "run", f"teacher_scores={path}", "rounds=1", "eval=null",
                          "retriever.trainer={per_device_batch_size: 3, max_steps: 20, learning_rate: 2.0e-3, "
                          "save_steps: 0, log_steps: 5}", "retriever.agreement_sample=0")
     results = FiDKDRecipe().run(config)
@@ -207,10 +152,10 @@ def test_distilling_fixed_teacher_scores_raises_agreement(env, tiny_bert_dir, tm
 
 
 @pytest.mark.parametrize(("loss", "in_batch"), [("mse", False), ("margin", False), ("kl", True), ("mse", True)])
-def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_batch):
-    _, data = env
+def test_other_losses_train(fidkd_env, tiny_bert_dir, tmp_path, reference, loss, in_batch):
+    _, data = fidkd_env
     ref_out, _, _ = reference
-    config = tiny_config(tiny_bert_dir, data, tmp_path / loss, f"retriever.loss={loss}", "rounds=1", "eval=null",
+    config = fid_kd_config(tiny_bert_dir, data, tmp_path / loss, f"retriever.loss={loss}", "rounds=1", "eval=null",
                          f"retriever.in_batch_negatives={str(in_batch).lower()}",
                          f"teacher_scores={ref_out / 'round-1' / 'teacher' / 'scores.jsonl'}",
                          "retriever.trainer={per_device_batch_size: 4, max_steps: 2, save_steps: 0}")
@@ -220,12 +165,12 @@ def test_other_losses_train(env, tiny_bert_dir, tmp_path, reference, loss, in_ba
     assert summary["agreement_after"]["lists"] == 1 and torch.isfinite(torch.tensor(summary["train"]["loss"]))
 
 
-def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(env, tiny_bert_dir):
+def test_list_scores_are_the_similarity_of_each_question_with_its_own_list(fidkd_env, tiny_bert_dir):
     from distillir.data.loaders import load_corpus
     from distillir.recipes.common.config import StudentConfig
     from distillir.recipes.common.distill import ListExample
 
-    _, data = env
+    _, data = fidkd_env
     corpus = load_corpus(data)
     encoder = build_student(StudentConfig(model=tiny_bert_dir, query_max_length=16, passage_max_length=32))
     examples = [ListExample("a", "who led the survey", ["p0a", "p1b", "p2a"], [1.0, 2.0, 3.0]),
@@ -308,7 +253,7 @@ def test_the_benchmarked_new_defaults_are_the_recipe_defaults():
         d.retriever.trainer.per_device_batch_size, d.retriever.trainer.learning_rate)
 
 
-def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embeddings(env, tiny_bert_dir, tmp_path,
+def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embeddings(fidkd_env, tiny_bert_dir, tmp_path,
                                                                                        reference):
     """retriever.train_passages=false: only the query tower moves; the passage tower stays the start model's
     weights, so the index of every round is the start model's cached corpus embeddings; precomputed passage
@@ -318,9 +263,9 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
     from distillir.recipes.common.distill import ListExample
     from distillir.retrievers.dense.retriever import DenseRetriever
 
-    _, data = env
+    _, data = fidkd_env
     ref_out, _, _ = reference
-    config = tiny_config(tiny_bert_dir, data, tmp_path / "qside", "retriever.train_passages=false", "rounds=1",
+    config = fid_kd_config(tiny_bert_dir, data, tmp_path / "qside", "retriever.train_passages=false", "rounds=1",
                          "eval=null", f"teacher_scores={ref_out / 'round-1' / 'teacher' / 'scores.jsonl'}",
                          "retriever.trainer={per_device_batch_size: 4, max_steps: 3, learning_rate: 1.0e-3, "
                          "save_steps: 0}")
@@ -350,157 +295,3 @@ def test_query_side_training_keeps_the_passage_tower_and_reuses_its_corpus_embed
         assert torch.allclose(student_list_scores(encoder, batch)[batch["mask"]], online[batch["mask"]], atol=1e-5)
     with pytest.raises(ConfigError):
         build_student(StudentConfig(model=tiny_bert_dir)).freeze_passage_tower()
-
-
-@pytest.mark.parametrize("on_worse", ["keep", "continue"])
-def test_a_round_made_worse_on_purpose_is_rolled_back(env, tiny_bert_dir, tmp_path, monkeypatch, on_worse):
-    """Round 1 fails the label-free check (forced: every run collapses): with on_worse keep, round 2 retrieves
-    with the start retriever and starts the student afresh, and the result reports the start retriever."""
-    from distillir.evaluation import diagnostics
-
-    _, data = env
-
-    def always_collapsed(run):
-        return {"queries": len(run), "distinct_top1": 1, "top1_max_share": 1.0, "top1_max_pid": "x",
-                "collapsed": True}
-
-    monkeypatch.setattr(diagnostics, "top1_concentration", always_collapsed)
-    out = tmp_path / on_worse
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, f"on_worse={on_worse}"))
-    r1, r2 = results["rounds"]
-    assert r1["guard"]["worse"] and "collapsed" in r1["guard"]["reasons"][0]
-    if on_worse == "keep":
-        assert r1["guard"]["kept"] == "previous" and r2["retrieve"]["retriever"] == "bm25"
-        assert r2["retriever"]["start_from"] == tiny_bert_dir  # not round 1's student
-        assert results["kept_round"] == 0 and results["final_retriever"] == "bm25"
-        assert results["metrics"] == results["start_metrics"]
-        # Round 2 read the start retriever's lists: the same as round 1's.
-        assert (out / "round-2/retrieve/train.trec").read_text().replace("round-2", "round-1") == (
-            out / "round-1/retrieve/train.trec").read_text()
-    else:
-        assert r1["guard"]["kept"] == "new" and r2["retrieve"]["retriever"] == "round-1 retriever"
-        assert results["kept_round"] == 2
-    assert json.loads((out / "round-1" / "metrics.json").read_text())["guard"] == r1["guard"]
-    with pytest.raises(ConfigError, match="on_worse"):
-        load_config(FiDKDConfig, None, ["on_worse=ignore"])
-
-
-def test_rising_held_out_kl_makes_a_round_worse(env, tiny_bert_dir, tmp_path, monkeypatch):
-    """With retriever.agreement_holdout, lists held out of training measure agreement with the teacher; a rising
-    KL (forced here) fails the round."""
-    from distillir.recipes.common import distill
-
-    _, data = env
-    calls = []
-
-    def falling(encoder, sample, corpus, **kwargs):
-        calls.append(len(sample))
-        return {"lists": len(sample), "kl": 0.1 if len(calls) % 2 else 0.5, "spearman": 0.0, "top1": 1.0}
-
-    monkeypatch.setattr(distill, "teacher_agreement", falling)
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, tmp_path / "held", "rounds=1",
-                                            "retriever.agreement_holdout=0.25", "on_worse=keep"))
-    (r1,) = results["rounds"]
-    assert calls == [2, 2]  # 2 of the 8 lists held out, measured before and after
-    assert r1["retriever"]["lists"] == 6 and r1["retriever"]["agreement_held_out"]
-    assert r1["guard"]["worse"] and "held-out" in r1["guard"]["reasons"][0] and results["kept_round"] == 0
-
-
-def test_answer_string_teacher_iterates_without_a_reader(env, tiny_bert_dir, tmp_path):
-    """teacher_scores: answers scores each round's own lists with the answer strings: no reader stage runs."""
-    from distillir.data.answers import has_answer
-    from distillir.readers.fid_data import load_fid_examples
-    from distillir.teachers import read_teacher_scores
-
-    _, data = env
-    out = tmp_path / "answers"
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "teacher_scores=answers"))
-    assert len(results["rounds"]) == 2 and results["final_reader"] is None
-    for k in (1, 2):
-        rd = out / f"round-{k}"
-        assert not (rd / "reader").exists()
-        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
-        for ex in load_fid_examples(rd / "retrieve" / "train.jsonl"):
-            pids, values = scores[str(ex["id"])]
-            assert pids == [c["id"] for c in ex["ctxs"]]
-            assert values == [float(has_answer(ex["answers"], c["text"])) for c in ex["ctxs"]]
-    with pytest.raises(ConfigError, match="rounds"):
-        load_config(FiDKDConfig, None, ["teacher_scores=scores.jsonl", "rounds=2"])
-
-
-def test_union_candidates_from_the_student_and_bm25(env, tiny_bert_dir, tmp_path):
-    """The defaults' lists: round 1 from the student's own model (start: student) merged with BM25's top-n, in
-    RRF order; the answer teacher scores all of them (up to 2n), a reader would read the first n; lists whose
-    teacher scores are all equal are not trained on."""
-    from distillir.data.loaders import load_corpus, load_queries
-    from distillir.data.run import Run
-    from distillir.retrievers.bm25 import BM25Retriever
-    from distillir.retrievers.dense.retriever import DenseRetriever
-    from distillir.retrievers.hybrid import union_of_tops
-    from distillir.teachers import read_teacher_scores
-
-    _, data = env
-    out = tmp_path / "union"
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, "teacher_scores=answers", "start=student",
-                                            "candidates=union", "rounds=1", "eval=null"))
-    corpus = load_corpus(data)
-    queries = load_queries(data / "train.jsonl")
-    dense = DenseRetriever.build(corpus, tiny_bert_dir, batch_size=16).search(queries, top_k=4)
-    bm25 = BM25Retriever.build(corpus).search(queries, top_k=4)
-    expected = union_of_tops([(dense, 4), (bm25, 4)])
-    got = Run.read(out / "round-1" / "retrieve" / "train.trec")
-    assert {q: [p for p, _ in got[q]] for q in got} == {q: [p for p, _ in expected[q]] for q in expected}
-    assert max(len(got[q]) for q in got) > 4  # the union adds BM25's passages the student missed
-    scores = read_teacher_scores(out / "round-1" / "teacher" / "scores.jsonl")
-    uniform = sum(1 for q in scores if len(set(scores[q][1])) == 1)
-    record = results["rounds"][0]["retriever"]
-    assert record["uniform_lists_skipped"] == uniform
-    assert record["lists"] + record["agreement_before"]["lists"] == len(scores) - uniform
-
-
-def test_list_examples_skip_uniform_lists():
-    from distillir.teachers import TeacherScores
-
-    scores = TeacherScores("t")
-    scores.add("a", ["p1", "p2"], [0.0, 0.0], query="qa")  # no signal
-    scores.add("b", ["p1", "p2"], [1.0, 0.0], query="qb")
-    scores.add("c", ["p3"], [0.0], query="qc")  # one passage: kept (its in-batch term still teaches)
-    kept = list_examples(scores, normalize="zscore", scale=5.0, skip_uniform=True)
-    assert [ex.qid for ex in kept] == ["b", "c"] and kept[0].scores == [5.0, -5.0] and kept[1].scores == [0.0]
-    assert [ex.qid for ex in list_examples(scores)] == ["a", "b", "c"]
-
-
-@pytest.mark.parametrize("teacher", ["pdist", "question_likelihood"])
-def test_causal_lm_reader_teaches_without_training(env, tiny_bert_dir, tiny_lm_dir, tmp_path, monkeypatch, teacher):
-    """reader.kind: causal-lm: no reader stage; the LM's scores of each round's lists are the teacher (as
-    `lm_teacher_scores` computes them by hand here), its answers are evaluated, and a resumed run rescoring
-    nothing reads every score from the cache."""
-    from distillir.readers.causal_lm import CausalLMReader
-    from distillir.readers.fid_data import load_fid_examples
-    from distillir.teachers import read_teacher_scores
-    from distillir.teachers.lm_likelihood import lm_teacher_scores
-
-    _, data = env
-    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / teacher
-    extra = ["reader.kind=causal-lm", f"reader.model={tiny_lm_dir}", f"teacher.aggregation={teacher}",
-             "reader.lm.dtype=float32", "reader.passage_max_length=24", "reader.answer_max_length=3"]
-    results = FiDKDRecipe().run(tiny_config(tiny_bert_dir, data, out, *extra))
-    assert len(results["rounds"]) == 2 and not (out / "round-1" / "reader" / "final").exists()
-    reader = CausalLMReader.from_pretrained(tiny_lm_dir, passage_max_tokens=24)
-    for k in (1, 2):
-        rd = out / f"round-{k}"
-        record = results["rounds"][k - 1]
-        assert "reader" not in record and {"EM", "F1"} <= set(record["reader_eval"]["metrics"])
-        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
-        expected = lm_teacher_scores(reader, load_fid_examples(rd / "retrieve" / "train.jsonl"), teacher,
-                                     n_passages=4, progress=None)
-        assert scores.teacher == f"lm-{teacher}:{tiny_lm_dir}" and list(scores) == list(expected)
-        assert all(scores[q][0] == expected[q][0] and scores[q][1] == pytest.approx(expected[q][1], abs=1e-4)
-                   for q in scores)
-    with pytest.raises(ConfigError, match="causal-lm scores with"):
-        load_config(FiDKDConfig, None, ["reader.kind=causal-lm", "teacher.aggregation=fid"])
-    with pytest.raises(ConfigError, match="needs reader.kind: causal-lm"):
-        load_config(FiDKDConfig, None, ["teacher.aggregation=question_likelihood"])
-    assert load_config(FiDKDConfig, None, ["reader.kind=causal-lm", "teacher.aggregation=pdist"]).reader.model == \
-        "HuggingFaceTB/SmolLM2-135M-Instruct"

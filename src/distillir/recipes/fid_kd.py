@@ -86,9 +86,10 @@ class FiDKDEval(QAEvalConfig):
 @dataclass
 class FiDKDTeacher:
     # A FiD reader's attention or likelihood aggregations; with `reader.kind: causal-lm`: pdist (log p(answer |
-    # passage, question)) or question_likelihood (log p(question | passage): no answers needed).
+    # passage, question)), question_likelihood (log p(question | passage): no answers needed) or attention (the
+    # answer's attention over each passage of the concatenated context: `teachers.lm_attention`).
     aggregation: Literal["fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop",
-                         "question_likelihood"] = "fid"
+                         "question_likelihood", "attention"] = "fid"
     layers: list[int] | None = None  # decoder layers for attention aggregations (negative from the end); null: all
     # How the raw scores become the distillation target T, per question, before the loss (the score file keeps
     # the raw scores). none: as they are (the paper). zscore: (T - mean) / std over the question's list, which
@@ -314,7 +315,7 @@ class FiDKDRecipe(Recipe):
         """The reader saved at `path` (a causal LM: `reader.model`), kept in memory between stages and rounds."""
         if self.lm:
             if "lm" not in self._models:
-                self._models["lm"] = (None, build_lm_reader(config.reader))
+                self._models["lm"] = (None, build_lm_reader(config.reader, config.teacher.aggregation))
             return self._models["lm"][1]
         cached = self._models.get("reader")
         if cached is not None and cached[0] == path:

@@ -149,8 +149,9 @@ def qa_training_split(dataset: str, split: str, max_queries, seed: int, need_ans
     return train, queries
 
 
-def build_lm_reader(cfg: ReaderConfig):
-    """The causal-LM reader of `reader.kind: causal-lm`, in the configured precision ("auto": bf16 where native)."""
+def build_lm_reader(cfg: ReaderConfig, aggregation: str = "pdist"):
+    """The causal-LM reader of `reader.kind: causal-lm`, in the configured precision ("auto": bf16 where native);
+    eager attention for the attention teacher (fused kernels hide the weights)."""
     from distillir.readers.causal_lm import CausalLMReader
     from distillir.retrievers.dense.inference import default_encoding_dtype
 
@@ -158,12 +159,13 @@ def build_lm_reader(cfg: ReaderConfig):
     if dtype == "auto":
         dtype = "bfloat16" if torch.cuda.is_available() else default_encoding_dtype()
     reader = CausalLMReader.from_pretrained(cfg.model, prompts=cfg.lm.prompts, dtype=dtype,
-                                            passage_max_tokens=cfg.passage_max_length)
+                                            passage_max_tokens=cfg.passage_max_length,
+                                            attn_implementation="eager" if aggregation == "attention" else None)
     reader.model.to(torch_device(cfg.trainer.cpu))
     return reader
 
 
-LM_TEACHERS = ("pdist", "question_likelihood")
+LM_TEACHERS = ("pdist", "question_likelihood", "attention")
 
 
 def check_reader_teacher(cfg: ReaderConfig, aggregation: str) -> None:
@@ -171,14 +173,19 @@ def check_reader_teacher(cfg: ReaderConfig, aggregation: str) -> None:
     if cfg.kind == "causal-lm" and aggregation not in LM_TEACHERS:
         raise ConfigError(f"reader.kind: causal-lm scores with teacher.aggregation {' or '.join(LM_TEACHERS)}, "
                           f"got {aggregation!r}")
-    if cfg.kind == "fid" and aggregation == "question_likelihood":
-        raise ConfigError("teacher.aggregation: question_likelihood needs reader.kind: causal-lm")
+    if cfg.kind == "fid" and aggregation in ("question_likelihood", "attention"):
+        raise ConfigError(f"teacher.aggregation: {aggregation} needs reader.kind: causal-lm (a FiD reader's "
+                          f"attention aggregations are fid, post_softmax, all_tokens, max, adist)")
 
 
 def reader_teacher(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation: str, n_passages: int, *,
                    layers=None):
     """Teacher scores for the lists from either reader: a causal LM through the LM teachers (and their score
     cache), a FiD reader through `score_teacher`."""
+    if cfg.kind == "causal-lm" and aggregation == "attention":
+        from distillir.teachers.lm_attention import lm_attention_scores
+
+        return lm_attention_scores(reader, examples, n_passages=n_passages, layers=layers)
     if cfg.kind == "causal-lm":
         from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
 
