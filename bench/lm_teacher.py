@@ -120,7 +120,7 @@ class Bench:
 
         _, _, lists = self.lists("train", self.args.questions)
         reader = self.reader()
-        out = {"questions": self.args.questions, "depth": self.args.depth, "dtype": str(reader.dtype), "lists": {}}
+        out = {"questions": self.args.questions, "depth": self.args.depth, "dtype": reader.precision, "lists": {}}
         for source, examples in lists.items():
             own = answer_hits({str(ex["id"]): ([c["id"] for c in ex["ctxs"]],
                                                [-i for i in range(len(ex["ctxs"]))]) for ex in examples}, examples)
@@ -167,7 +167,8 @@ class Bench:
         reference = None
         for label, dtype, kind in (("plain forward, float32 (every logit, one pair at a time)", "float32", "plain"),
                                    ("batched, LM head at the target only, float32", "float32", "fast"),
-                                   ("batched, LM head at the target only, bfloat16", "bfloat16", "fast")):
+                                   ("batched, LM head at the target only, bfloat16", "bfloat16", "fast"),
+                                   ("batched, LM head at the target only, int8 dynamic quantisation", "int8", "fast")):
             reader = self.reader(dtype)
             prompts = [(reader.question_prompt(t, x), q) for (t, x), q in pairs]
             tokens = sum(len(reader._prompt_ids(p)) + len(reader.tokenizer(" " + q)["input_ids"]) for p, q in prompts)

@@ -209,3 +209,15 @@ def test_attention_teacher_reads_the_passages_together(tiny_lm_dir):
     sdpa = CausalLMReader.from_pretrained(tiny_lm_dir, attn_implementation="sdpa")  # returns no attention
     with pytest.raises(AttentionUnavailableError, match="eager"):  # an error, not zeros
         lm_attention_scores(sdpa, examples(), n_passages=2)
+
+
+def test_int8_dynamic_quantisation_scores_close_to_float32(tiny_lm_dir):
+    fp32 = CausalLMReader.from_pretrained(tiny_lm_dir)
+    int8 = CausalLMReader.from_pretrained(tiny_lm_dir, dtype="int8")
+    assert int8.precision == "int8" and fp32.precision == "float32" and int8.fingerprint() != fp32.fingerprint()
+    assert "DynamicQuantizedLinear" in repr(int8.model)
+    pairs = [(fp32.question_prompt("", "Paris is the capital of France."), "what is the capital"),
+             (fp32.question_prompt("", "Berlin is in Germany."), "where is berlin")]
+    assert int8.score_targets(pairs) == pytest.approx(fp32.score_targets(pairs), abs=0.05)
+    with pytest.raises(ConfigError, match="dtype"):
+        CausalLMReader.from_pretrained(tiny_lm_dir, dtype="int4")

@@ -203,3 +203,23 @@ def test_causal_lm_reader_teaches_without_training(fidkd_env, tiny_bert_dir, tin
         load_config(FiDKDConfig, None, ["teacher.aggregation=question_likelihood"])
     assert load_config(FiDKDConfig, None, ["reader.kind=causal-lm", "teacher.aggregation=pdist"]).reader.model == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_questions_only_on_a_beir_dataset(fidkd_env, tiny_bert_dir, tiny_lm_dir, tmp_path, monkeypatch):
+    """Claims or questions without answers (BEIR layout): question likelihood needs none, so every question is a
+    training list, and the eval split is scored with its qrels (nDCG@10)."""
+    from distillir.data.toy import write_toy_beir
+
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    beir = write_toy_beir(tmp_path / "beir")
+    config = fid_kd_config(tiny_bert_dir, beir, tmp_path / "run", "reader.kind=causal-lm", f"reader.model={tiny_lm_dir}",
+                           "teacher.aggregation=question_likelihood", "reader.lm.dtype=float32", "rounds=1",
+                           "train_split=train", "eval.split=test", "eval.reader=false", "start=student")
+    results = FiDKDRecipe().run(config)
+    (r1,) = results["rounds"]
+    assert results["train_questions"] > 0 and r1["teacher"]["questions"] == results["train_questions"]
+    assert "nDCG@10" in results["metrics"] and "nDCG@10" in results["start_metrics"]
+    with pytest.raises(ConfigError, match="no question has an answer"):
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, beir, tmp_path / "pdist", "reader.kind=causal-lm",
+                                        f"reader.model={tiny_lm_dir}", "teacher.aggregation=pdist", "rounds=1",
+                                        "train_split=train", "eval.split=test"))

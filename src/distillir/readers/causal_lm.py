@@ -60,8 +60,9 @@ class CausalLMReader:
     teachers (`distillir.teachers.lm_likelihood`); `read` answers questions."""
 
     def __init__(self, model, tokenizer, prompts: PromptTemplate | None = None, name: str = "",
-                 passage_max_tokens: int = 256):
+                 passage_max_tokens: int = 256, precision: str | None = None):
         self.model = model.eval()
+        self.precision = precision or str(next(model.parameters()).dtype).removeprefix("torch.")
         self.tokenizer = tokenizer
         self.prompts = prompts or PromptTemplate()
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
@@ -77,14 +78,18 @@ class CausalLMReader:
                         passage_max_tokens: int = 256, attn_implementation: str | None = None) -> CausalLMReader:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype not in (*DTYPES, "int8"):
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} or int8, got {dtype!r}")
         source, gguf = resolve_lm(model)
         kwargs = {"gguf_file": gguf} if gguf else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-                                                  **kwargs)
-        return cls(lm, tokenizer, prompts, name=str(model), passage_max_tokens=passage_max_tokens)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES.get(dtype, torch.float32),
+                                                  attn_implementation=attn_implementation, **kwargs)
+        if dtype == "int8":  # dynamic quantisation of every Linear (CPU): int8 weights, float32 activations
+            from torch.ao.quantization import quantize_dynamic
+
+            lm = quantize_dynamic(lm.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+        return cls(lm, tokenizer, prompts, name=str(model), passage_max_tokens=passage_max_tokens, precision=dtype)
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +101,7 @@ class CausalLMReader:
 
     def fingerprint(self) -> str:
         """What a cached score depends on besides its text: the model, its precision, the prompts, the truncation."""
-        return f"{self.name}|{self.dtype}|{self.prompts.fingerprint()}|{self.passage_max_tokens}|chat={self.chat}"
+        return f"{self.name}|{self.precision}|{self.prompts.fingerprint()}|{self.passage_max_tokens}|chat={self.chat}"
 
     # ------------------------------------------------------------------------------------------- prompts
 

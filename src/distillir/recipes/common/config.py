@@ -124,8 +124,9 @@ class CausalLMConfig:
     and scores it (the LM teachers: `teacher.aggregation: pdist | question_likelihood`)."""
 
     # auto: bfloat16 where it is native (a GPU, or a CPU with avx512_bf16 / AMX), float32 elsewhere (on an
-    # AVX2-only CPU bf16 is 5-6x slower).
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # AVX2-only CPU bf16 is 5-6x slower). int8: dynamic quantisation of the Linear layers (CPU; its agreement with
+    # float32 is measured in bench/lm_teacher.py).
+    dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
     prompts: PromptTemplate = field(default_factory=PromptTemplate)
     reduce: Literal["mean", "sum"] = "mean"  # over the target's tokens
     answers: Literal["max", "mean"] = "max"  # pdist over several gold answers
