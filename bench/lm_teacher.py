@@ -63,9 +63,11 @@ class Bench:
         self.args = args
         path = RESULTS_DIR / f"{args.name}.json"
         self.res = json.loads(path.read_text()) if path.is_file() else {}
-        keep_environment(self.res)
-        self.res.update(command=command_line(), model=args.model or "packaged SmolLM2-135M-Instruct (GGUF Q4_1)",
-                        label=args.label)
+        if not args.render_only:
+            keep_environment(self.res)
+        if not args.render_only:
+            self.res.update(command=command_line(), label=args.label,
+                            model=args.model or "packaged SmolLM2-135M-Instruct (GGUF Q4_1)")
         self.t0 = time.perf_counter()
 
     def save(self) -> None:

@@ -15,7 +15,11 @@ def markdown(res: dict) -> str:
     out = [f"# A causal LM as the teacher: {label} on squad-open", "",
            (f"Model: {res.get('model')}. {env.get('cpu_model', '?')} ({', '.join(env.get('cpu_flags', []))}), "
            f"{env.get('logical_cpus', '?')} logical CPUs, load average at start "
-           f"{', '.join(f'{x:.1f}' for x in env.get('loadavg_at_start', []) or [])}, {env.get('date_utc', '?')}."), ""]
+           f"{', '.join(f'{x:.1f}' for x in env.get('loadavg_at_start', []) or [])}, {env.get('date_utc', '?')}"
+            + "".join(f"; re-run {r.get('step', '')} {r['date_utc']} at load "
+                      f"{', '.join(f'{x:.1f}' for x in r['loadavg_at_start'])}" for r in res.get("resumed", []))
+            + ". Scores in the cost table come from one run each, warmed up (a fresh model's first forwards build "
+              "its kernels)."), ""]
     knows = res.get("knows")
     if knows:
         out += [(f"## What the teacher knows (training lists: {knows['questions']} seeded squad-open train questions, "
@@ -55,8 +59,40 @@ def markdown(res: dict) -> str:
                 "| system | Top-1 | Top-5 |", "|---|---:|---:|"]
         out += [f"| {k} | {_f(m['Top-1'])} | {_f(m['Top-5'])} |" for k, m in rerank["metrics"].items()]
         out.append("")
-    out += ["## Command", "", f"`{res.get('command', '.venv/bin/python bench/lm_teacher.py')}`", ""]
+    out += ["## Reading", "", *reading(res), "", "## Command", "",
+            f"`{res.get('command', '.venv/bin/python bench/lm_teacher.py')}`", ""]
     return "\n".join(out)
+
+
+def reading(res: dict) -> list[str]:
+    lines = []
+    for source, found in ((res.get("knows") or {}).get("lists") or {}).items():
+        parts = [f"{t} {h['teacher_hit@1']:.3f}" for t, h in found["teachers"].items()]
+        lines.append(f"- {source} lists: the teacher's first passage holds an answer in " + ", ".join(parts)
+                     + f" of the lists with one, the list's own first in {found['own']['hit@1']:.3f}.")
+    paths = ((res.get("cost") or {}).get("paths")) or {}
+    if paths:
+        plain = next(iter(paths.values()))["ms_per_pair"]
+        good = [f"{k} ({plain / v['ms_per_pair']:.2f}x)" for k, v in list(paths.items())[1:]
+                if "shared" not in k and v["spearman"] >= 0.99]
+        bad = [f"{k} ({plain / v['ms_per_pair']:.2f}x, Spearman {v['spearman']:.3f})"
+               for k, v in list(paths.items())[1:] if "shared" not in k and v["spearman"] < 0.99]
+        lines.append("- Cost against the plain forward: within Spearman 0.99 of it: " + (", ".join(good) or "none")
+                     + "; below: " + (", ".join(bad) or "none") + ".")
+        kv = [v for k, v in paths.items() if "KV" in k]
+        if kv:
+            lines.append(f"- A passage scored for several questions (question likelihood puts it first) is encoded "
+                         f"once: {plain / kv[0]['ms_per_pair']:.1f}x the plain float32 forward per pair "
+                         f"(bf16 + KV reuse), the same scores as without reuse.")
+    rerank = (res.get("rerank") or {}).get("metrics") or {}
+    if rerank:
+        bm = rerank.get("BM25 top-10", {})
+        lines.append("- Re-ranking BM25's top-10 (pdist reads the gold answers, so it is an upper line, not a "
+                     "label-free ranker; question likelihood uses none): " + ", ".join(
+                         f"{k.split(' ', 1)[1].replace(' re-ranking BM25 top-10', '')} {m['Top-1']:.3f}/{m['Top-5']:.3f}"
+                         for k, m in rerank.items() if k != "BM25 top-10")
+                     + f" Top-1/5 against BM25's {bm.get('Top-1', 0):.3f}/{bm.get('Top-5', 0):.3f}.")
+    return lines or ["(incomplete)"]
 
 
 __all__ = ["TEACHERS", "markdown"]
