@@ -227,10 +227,13 @@ class CausalLMReader:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 8) -> list[str]:
         """Greedy continuations of rendered prompts, cut at the first line break (an answer is a short span)."""
+        from tqdm.auto import tqdm
+
         self.tokenizer.padding_side = "left"
         answers = []
         try:
-            for start in range(0, len(prompts), batch_size):
+            for start in tqdm(range(0, len(prompts), batch_size), desc="answers", unit="batch",
+                              disable=len(prompts) <= batch_size):
                 chunk = [self._prompt_ids(p) for p in prompts[start:start + batch_size]]
                 width = max(len(c) for c in chunk)
                 ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
