@@ -165,3 +165,10 @@ def test_mine_rejects_a_bad_rank_range(beir_dir):
                                       str(beir_dir / "corpus.jsonl"), "--ranks", "5:2", "--out", str(beir_dir / "x")])
     assert result.exit_code != 0 and "START < END" in result.output
     assert not (beir_dir / "x").exists()
+
+
+def test_version():
+    import distillir
+
+    result = CliRunner().invoke(app, ["--version"], catch_exceptions=False)
+    assert result.exit_code == 0 and result.output.strip() == f"distillir {distillir.__version__}"

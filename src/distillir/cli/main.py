@@ -21,6 +21,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from distillir import __version__
+
+        typer.echo(f"distillir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Train neural retrievers without relevance labels, by distillation; index, search, re-rank, evaluate."""
+
+
 CorpusArg = Annotated[
     str, typer.Argument(help="Corpus: a DPR .tsv, a BEIR corpus.jsonl, a dataset directory, or a dataset name (scifact).")
 ]
