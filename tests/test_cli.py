@@ -100,8 +100,14 @@ def test_index_refuses_a_corpus_it_was_not_built_from(beir_dir, monkeypatch, cap
 
 
 def test_train_rejects_unknown_config_keys(beir_dir, monkeypatch, capsys):
-    code, err = run_main(monkeypatch, capsys, "train", "dpr", "--set", "trainer.learning_rat=3")
+    code, err = run_main(monkeypatch, capsys, "train", "dpr", "--defaults", "--set", "trainer.learning_rat=3")
     assert code == 2 and "learning_rate" in err
+
+
+def test_train_without_a_config_lists_the_shipped_ones(monkeypatch, capsys, tmp_path):
+    code, err = run_main(monkeypatch, capsys, "train", "fid-kd", "--set", f"output_dir={tmp_path / 'x'}")
+    assert code == 2 and "--defaults" in err and "fid-kd-squad-cpu.yaml" in err and "fid-kd-gpu.yaml" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_mine_negatives_from_a_run_with_false_negative_control(beir_dir):

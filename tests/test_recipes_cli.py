@@ -45,7 +45,7 @@ def test_the_smoke_settings_cover_every_recipe(smoke):
 def test_distillir_train_runs_the_recipe_as_python_does(smoke, name):
     base, module, settings = smoke
     cli_out, api_out = base / f"cli-{name}", base / f"api-{name}"
-    args = ["train", name, "--set", f"output_dir={cli_out}"]
+    args = ["train", name, "--defaults", "--set", f"output_dir={cli_out}"]
     for item in settings[name]:
         args += ["--set", item]
     result = CliRunner().invoke(app, args)

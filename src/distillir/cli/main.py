@@ -13,6 +13,8 @@ import typer
 
 from distillir.models import DEFAULT_ENCODER
 
+CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"  # the shipped configs, in a source checkout
+
 app = typer.Typer(
     name="distillir",
     help="Train neural retrievers without relevance labels, by distillation; index, search, re-rank, evaluate.",
@@ -306,16 +308,29 @@ def train(
         list[str] | None, typer.Option("--set", help="Override a config key: --set trainer.max_steps=100 (repeatable).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output directory.")] = False,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Run on the recipe's built-in defaults (printed "
+                                           "first) instead of a --config file.")] = False,
 ) -> None:
     """Train with a recipe from a YAML config plus --set overrides."""
+    import yaml
+
+    from distillir.errors import ConfigError
     from distillir.recipes import get_recipe
-    from distillir.training.config import load_config
+    from distillir.training.config import config_to_dict, load_config
 
     recipe_cls = get_recipe(recipe)
+    if config is None and not defaults:
+        shipped = sorted(CONFIGS_DIR.glob(f"{recipe}-*.yaml")) if CONFIGS_DIR.is_dir() else []
+        raise ConfigError(f"train {recipe}: give a config (--config FILE; shipped: "
+                          f"{', '.join(str(p) for p in shipped) or 'none found'}), or --defaults to run on the "
+                          f"built-in defaults")
     sets = list(overrides or [])
     if resume:
         sets.append("resume=true")
     cfg = load_config(recipe_cls.Config, config, sets)
+    if config is None:
+        _echo_err(f"{recipe}: built-in defaults (--defaults):\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    _echo_err(f"{recipe}: output directory {getattr(cfg, 'output_dir', '?')}")
     result = recipe_cls().run(cfg)
     typer.echo(json.dumps(result, indent=2, default=str))
 
