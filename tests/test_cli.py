@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -178,3 +179,20 @@ def test_version():
 
     result = CliRunner().invoke(app, ["--version"], catch_exceptions=False)
     assert result.exit_code == 0 and result.output.strip() == f"distillir {distillir.__version__}"
+
+
+def test_an_interrupted_train_prints_the_command_that_resumes(monkeypatch, capsys, tmp_path):
+    import signal
+
+    from distillir.recipes.dpr import DPRRecipe
+    from distillir.training.interrupt import TrainingInterrupted
+
+    def interrupted(self, config, callbacks=()):
+        raise TrainingInterrupted(signal.SIGINT, 7, tmp_path / "checkpoints" / "step-7")
+
+    monkeypatch.setattr(DPRRecipe, "run", interrupted)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository root: configs/ is relative to it
+    code, err = run_main(monkeypatch, capsys, "train", "dpr", "--config", "configs/dpr-scifact-cpu.yaml", "--set",
+                         f"output_dir={tmp_path}")
+    assert code == 130 and "SIGINT at step 7" in err
+    assert f"distillir train dpr --config configs/dpr-scifact-cpu.yaml --set output_dir={tmp_path} --resume" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import KillAt
+from helpers import KillAt, state_dicts_equal
 from torch import nn
 
 from distillir.errors import ConfigError
@@ -125,6 +126,31 @@ def test_resume_reaches_bit_identical_weights(tiny_bert_dir, tmp_path):
     assert summary["global_step"] == 6 and summary["resumed_from"].endswith("step-6")
     assert all(torch.equal(sa[k], again.model.state_dict()[k]) for k in sa)
     assert len(read_log(tmp_path / "b")) == 6
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_checkpoints_the_current_step_and_resumes_exactly(tiny_bert_dir, tmp_path, signum):
+    """Ctrl-C (or SIGTERM) at step 3 with no periodic checkpoint due: the step finishes, a checkpoint is written
+    at it, TrainingInterrupted names it, the handlers are restored, and resuming ends on the uninterrupted
+    run's weights."""
+    from distillir.training.interrupt import TrainingInterrupted
+
+    class SignalAt(TrainerCallback):
+        def on_step_end(self, trainer):
+            if trainer.state.global_step == 3:
+                os.kill(os.getpid(), signum)
+
+    a = bert_trainer(tiny_bert_dir, tmp_path / "a", save_steps=0)
+    a.train()
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted) as info:
+        bert_trainer(tiny_bert_dir, tmp_path / "b", callbacks=[SignalAt()], save_steps=0).train()
+    assert signal.getsignal(signum) is before
+    assert info.value.step == 3 and info.value.checkpoint.name == "step-3" and info.value.checkpoint.is_dir()
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [3]
+    b = bert_trainer(tiny_bert_dir, tmp_path / "b", resume=True, save_steps=0)
+    assert b.train()["resumed_from"].endswith("step-3")
+    assert state_dicts_equal(a.model, b.model)
 
 
 # --------------------------------------------------------------------------------- checkpoints, log

@@ -4,6 +4,7 @@ so `distillir --help` stays fast."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -331,7 +332,15 @@ def train(
     if config is None:
         _echo_err(f"{recipe}: built-in defaults (--defaults):\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     _echo_err(f"{recipe}: output directory {getattr(cfg, 'output_dir', '?')}")
-    result = recipe_cls().run(cfg)
+    from distillir.training.interrupt import TrainingInterrupted
+
+    try:
+        result = recipe_cls().run(cfg)
+    except TrainingInterrupted as e:
+        again = ["distillir", "train", recipe, *(["--config", str(config)] if config else ["--defaults"]),
+                 *[part for item in overrides or [] for part in ("--set", item)], "--resume"]
+        _echo_err(f"interrupted ({e}); resume with:\n  {' '.join(shlex.quote(a) for a in again)}")
+        raise typer.Exit(130) from None
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from distillir.errors import ConfigError
 from distillir.training import checkpoint as ckpt
 from distillir.training.arguments import TrainingArguments
+from distillir.training.interrupt import StopOnSignal, TrainingInterrupted
 from distillir.training.state import (
     LossOutput,
     TrainerCallback,
@@ -251,51 +252,58 @@ class Trainer:
         self.on_train_begin()
         bar = tqdm(total=self.state.max_steps, initial=self.state.global_step, desc="train",
                    disable=not acc.is_local_main_process, dynamic_ncols=True)
-        window: dict[str, float] = {}
-        window_micro = 0
-        window_start = time.perf_counter()
-        window_examples = 0
-        session_start = time.perf_counter()
-        elapsed_before = self.state.elapsed
-        try:
-            while self.state.global_step < self.state.max_steps and not self.state.should_stop:
-                parts, grad_norm = self._optimizer_step(ddp_model, optimizer, scheduler)
-                for key, value in parts.items():
-                    window[key] = window.get(key, 0.0) + value
-                window_micro += args.gradient_accumulation_steps
-                window_examples += self.global_batch_size
-                self.state.global_step += 1
-                self.state.step_in_epoch += 1
-                self.state.elapsed = elapsed_before + time.perf_counter() - session_start
-                self.state.last_loss = parts["loss"] / args.gradient_accumulation_steps
-                bar.update(1)
-                self.on_step_end()
-                if self.state.step_in_epoch == self.state.steps_per_epoch:
-                    self.on_epoch_end()
-                    self.state.epoch += 1
-                    self.state.step_in_epoch = 0
-                last = self.state.global_step >= self.state.max_steps or self.state.should_stop
-                if self.state.global_step % args.log_steps == 0 or last:
-                    seconds = time.perf_counter() - window_start
-                    row = self._log_row(window, window_micro, window_examples / max(seconds, 1e-9), grad_norm)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
-                    window, window_micro, window_examples = {}, 0, 0
-                    window_start = time.perf_counter()
-                if args.save_steps and (self.state.global_step % args.save_steps == 0 or last):
-                    save_start = time.perf_counter()
-                    self.save_checkpoint()
-                    window_start += time.perf_counter() - save_start  # examples/s measures training only
-        finally:
-            bar.close()
+        with StopOnSignal() as stop:
+            try:
+                self._loop(ddp_model, optimizer, scheduler, bar, stop)
+            finally:
+                bar.close()
         self.on_train_end()
         acc.wait_for_everyone()
-        return {
-            "global_step": self.state.global_step,
-            "epoch": self.state.epoch,
-            "loss": self.state.last_loss,
-            "elapsed": round(self.state.elapsed, 3),
-            "resumed_from": str(resume_from) if resume_from is not None else None,
-        }
+        return {"global_step": self.state.global_step, "epoch": self.state.epoch, "loss": self.state.last_loss,
+                "elapsed": round(self.state.elapsed, 3),
+                "resumed_from": str(resume_from) if resume_from is not None else None}
+
+    def _loop(self, ddp_model, optimizer, scheduler, bar, stop: StopOnSignal) -> None:
+        """Optimizer steps to max_steps (or should_stop), logging and checkpointing; on a signal, a checkpoint
+        at the current step and `TrainingInterrupted`."""
+        args = self.args
+        window: dict[str, float] = {}
+        window_micro = window_examples = 0
+        window_start = session_start = time.perf_counter()
+        elapsed_before = self.state.elapsed
+        while self.state.global_step < self.state.max_steps and not self.state.should_stop:
+            parts, grad_norm = self._optimizer_step(ddp_model, optimizer, scheduler)
+            for key, value in parts.items():
+                window[key] = window.get(key, 0.0) + value
+            window_micro += args.gradient_accumulation_steps
+            window_examples += self.global_batch_size
+            self.state.global_step += 1
+            self.state.step_in_epoch += 1
+            self.state.elapsed = elapsed_before + time.perf_counter() - session_start
+            self.state.last_loss = parts["loss"] / args.gradient_accumulation_steps
+            bar.update(1)
+            self.on_step_end()
+            if self.state.step_in_epoch == self.state.steps_per_epoch:
+                self.on_epoch_end()
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+            last = self.state.global_step >= self.state.max_steps or self.state.should_stop
+            if self.state.global_step % args.log_steps == 0 or last:
+                seconds = time.perf_counter() - window_start
+                row = self._log_row(window, window_micro, window_examples / max(seconds, 1e-9), grad_norm)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
+                window, window_micro, window_examples = {}, 0, 0
+                window_start = time.perf_counter()
+            saved = None
+            if args.save_steps and (self.state.global_step % args.save_steps == 0 or last):
+                save_start = time.perf_counter()
+                saved = self.save_checkpoint()
+                window_start += time.perf_counter() - save_start  # examples/s measures training only
+            if stop.signum is not None and not last:
+                saved = saved or self.save_checkpoint()
+                logger.warning("interrupted at step %d: checkpoint %s; resume the run to continue from it",
+                               self.state.global_step, saved)
+                raise TrainingInterrupted(stop.signum, self.state.global_step, saved)
 
     def _optimizer_step(self, ddp_model: nn.Module, optimizer, scheduler) -> tuple[dict[str, float], float | None]:
         """One optimizer step over gradient_accumulation_steps micro-batches; returns summed loss parts."""
