@@ -198,3 +198,24 @@ def test_corpus_embeddings_are_cached(encoder, tiny_corpus, tmp_path, monkeypatc
 
     other = Corpus(tiny_corpus.ids[:2], tiny_corpus.texts[:2], tiny_corpus.titles[:2])
     assert encode_corpus_cached(encoder, other, directory=tmp_path).shape == (2, 32)
+
+
+@pytest.mark.parametrize(("shared", "normalize", "pooling"), [(True, True, "mean"), (False, False, "cls")])
+def test_model_card_snippet_reproduces_the_indexed_vectors(tiny_bert_dir, tmp_path, shared, normalize, pooling):
+    """The card's plain-transformers snippet, run as written, gives distillir's query and passage vectors."""
+    import re
+
+    encoder = BiEncoder.from_pretrained(tiny_bert_dir, shared=shared, normalize=normalize, pooling=pooling,
+                                        scale=20.0)
+    encoder.card_training = {"recipe": "test", "steps": 3}
+    path = encoder.save_pretrained(tmp_path / "enc")
+    card = (path / "README.md").read_text()
+    assert "(title, text)" in card and "| recipe | test |" in card and ("SentenceTransformer" in card) == shared
+    code = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)[1].replace("PATH", str(path))
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - the card's own snippet
+    encoder.eval()
+    q = encoder.encode_queries(["who wrote hamlet?"])
+    p = encoder.encode_passages(["Hamlet"], ["Hamlet is a tragedy by William Shakespeare."])
+    assert torch.allclose(scope["queries"], q, atol=1e-5) and torch.allclose(scope["passages"], p, atol=1e-5)
+    assert torch.allclose(scope["scores"], 20.0 * q @ p.T, atol=1e-4)

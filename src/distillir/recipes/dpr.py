@@ -113,6 +113,9 @@ class DPRRecipe(Recipe):
         final = out / FINAL_DIR
         metrics = None
         if is_main:
+            encoder.card_training = {"method": "DPR (in-batch + mined hard negatives)", "dataset": config.data.dataset,
+                                     "examples": len(examples), "steps": summary.get("global_step"),
+                                     "relevance labels": "yes (the split's qrels)"}
             encoder.save_pretrained(final)
             if config.eval is not None:
                 logger.info("evaluating the trained encoder on %s/%s", config.eval.dataset, config.eval.split)

@@ -297,6 +297,11 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
     trainer = Trainer(student, args, examples, ListCollator(student, corpus, passage_embeddings, cfg.random_negatives),
                       loss_fn=ListDistillLoss(loss, in_batch), callbacks=callbacks)
     summary = trainer.train()
+    student.card_training = {"method": "list distillation (distillir.recipes.common.distill)", "lists": len(examples),
+                             "steps": summary.get("global_step"), "loss": cfg.loss,
+                             "in-batch negatives": cfg.in_batch_negatives, "random negatives": cfg.random_negatives,
+                             "passage tower": "trained" if cfg.train_passages else "frozen (the start model's)",
+                             "relevance labels": "none"}
     student.save_pretrained(output_dir / FINAL_DIR)
     after = None
     if before:

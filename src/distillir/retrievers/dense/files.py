@@ -78,6 +78,9 @@ def write_encoder_files(encoder: BiEncoder, directory: Path) -> None:
             tower.save_pretrained(directory / sub)
             encoder.tokenizer.save_pretrained(directory / sub)  # each tower dir loads on its own
     encoder.tokenizer.save_pretrained(directory)
+    from distillir.retrievers.dense.card import CARD_FILE, model_card
+
+    (directory / CARD_FILE).write_text(model_card(encoder, getattr(encoder, "card_training", None)), encoding="utf-8")
     write_json(
         directory / SETTINGS_FILE,
         {"format_version": ENCODER_FORMAT, "settings": asdict(encoder.settings), "passage_input": PASSAGE_INPUT},
