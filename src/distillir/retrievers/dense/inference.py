@@ -15,6 +15,9 @@ from torch import Tensor, nn
 
 from distillir.errors import ConfigError
 from distillir.utils.io import atomic_write, cache_dir
+from distillir.utils.log import get_logger
+
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:  # annotations only: the encoder module imports this one
     from distillir.retrievers.dense.encoder import BiEncoder
@@ -31,7 +34,7 @@ def encode_features(
     device: str | None = None,
     dtype: str = "float32",
     quantize: str | None = None,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
     desc: str = "texts",
 ) -> Tensor:
     """Encode `features` with `tower` (one of the encoder's) in length-sorted batches under inference_mode; rows
@@ -64,7 +67,7 @@ def encode_features(
     was_training = encoder.training
     encoder.eval()
     batches = range(0, len(order), batch_size)
-    if show_progress:
+    if show_progress or (show_progress is None and len(features) >= 2048):  # None: a bar when it takes a while
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"encoding {desc}", unit="batch")
@@ -109,7 +112,7 @@ def encode_corpus_cached(
     device: str | None = None,
     dtype: str = "float32",
     quantize: str | None = None,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
     directory: str | Path | None = None,
 ) -> Tensor:
     """`encoder.encode_corpus(corpus)`, reused from `cache_dir()/embeddings` when already computed.
@@ -125,7 +128,10 @@ def encode_corpus_cached(
         except (ValueError, OSError):
             cached = None  # unreadable: recompute and overwrite
         if cached is not None and cached.shape[0] == len(corpus):
+            logger.info("corpus embeddings: %d passages reused from the cache (%s, %.0f MB)", len(corpus), path,
+                        path.stat().st_size / 2**20)
             return torch.from_numpy(np.ascontiguousarray(cached, dtype=np.float32))
+    logger.info("corpus embeddings: encoding %d passages (%s; cached afterwards at %s)", len(corpus), dtype, path)
     embeddings = encoder.encode_corpus(corpus, batch_size, device=device, dtype=dtype, quantize=quantize,
                                        show_progress=show_progress)
     with atomic_write(path, "wb") as f:

@@ -85,7 +85,7 @@ class DenseRetriever(Retriever):
         quantize: str | None = None,
         embeddings_dtype: str = "float32",
         copy_encoder: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,  # None: a bar for corpora of 2,048 passages or more
         **encoder_kwargs: Any,
     ) -> DenseRetriever:
         """Embed `corpus` (reusing cached embeddings when `cache`) and index it.
