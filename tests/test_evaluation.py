@@ -54,7 +54,17 @@ def test_qrels_metrics_by_hand():
     assert result["MRR@10"] == pytest.approx(0.5)
     assert result["R@100"] == pytest.approx(2 / 3)
     assert result["MAP"] == pytest.approx((ap_q1 + 1) / 3)
-    assert (result["queries"], result["missing"]) == (3, 1)
+    assert (result["queries"], result["missing"], result["ignored"]) == (3, 1, 1)  # q9: no qrels
+
+
+def test_run_queries_without_qrels_are_counted_and_said(caplog):
+    judged = {q: hits for q, hits in _run().items() if q != "q9"}
+    with caplog.at_level("WARNING"):
+        assert "ignored" not in evaluate_qrels(judged, QRELS) and not caplog.text
+        result = evaluate_qrels(_run(), QRELS)  # q9 has no qrels: not scored, but said
+    assert result["ignored"] == 1 and result["queries"] == 3
+    assert result["nDCG@10"] == evaluate_qrels(judged, QRELS)["nDCG@10"]
+    assert "1 of the run's 3 queries have no qrels" in caplog.text
 
 
 def test_cutoffs_and_truncated_mrr():

@@ -23,6 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from distillir.data.types import Qrels, Queries
+from distillir.utils.log import get_logger
+
+logger = get_logger(__name__)
 
 DEFAULT_METRICS = ("ndcg_cut_10", "recip_rank@10", "recall_100", "map")
 
@@ -128,8 +131,9 @@ def evaluate_qrels(
 ) -> dict:
     """Mean metrics over the qrels' queries, e.g. {"nDCG@10": .., "MRR@10": .., "R@100": .., "MAP": ..}.
 
-    Also reports "queries" (the number of qrels queries averaged over) and "missing" (how many of them
-    the run lacks; they score 0). With `per_query=True` the result has "per_query": {qid: {name: value}}.
+    Also reports "queries" (the number of qrels queries averaged over), "missing" (how many of them
+    the run lacks; they score 0) and, when there are any, "ignored" (run queries without qrels: not scored, and
+    a warning says so). With `per_query=True` the result has "per_query": {qid: {name: value}}.
     """
     import pytrec_eval  # imported here: 0.2 s, and only evaluation needs it
 
@@ -153,6 +157,11 @@ def evaluate_qrels(
     result: dict = {m.name: (sum(s[m.name] for s in scores.values()) / n if n else 0.0) for m in parsed}
     result["queries"] = n
     result["missing"] = sum(1 for qid in qrels if not run.get(qid))
+    ignored = sum(1 for qid in run if qid not in qrels)  # run queries the qrels do not judge
+    if ignored:
+        result["ignored"] = ignored
+        logger.warning("evaluated %d queries (those the qrels judge); %d of the run's %d queries have no qrels and "
+                       "are not counted", n, ignored, len(run))
     if per_query:
         result["per_query"] = scores
     return result
