@@ -196,3 +196,27 @@ def test_an_interrupted_train_prints_the_command_that_resumes(monkeypatch, capsy
                          f"output_dir={tmp_path}")
     assert code == 130 and "SIGINT at step 7" in err
     assert f"distillir train dpr --config configs/dpr-scifact-cpu.yaml --set output_dir={tmp_path} --resume" in err
+
+
+def test_demo_writes_its_report_and_runs(tmp_path, tiny_bert_dir, monkeypatch):
+    from distillir.data.toy import write_toy_beir
+
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    beir_dir = write_toy_beir(tmp_path / "toy")
+    out = tmp_path / "demo"
+    printed = invoke("demo", "--dataset", beir_dir, "--split", "test", "--model", tiny_bert_dir, "--dtype", "float32",
+                     "--out", out)
+    assert f"report: {out / 'report.md'}" in printed
+    report = (out / "report.md").read_text()
+    assert "BM25" in report and "hybrid (RRF)" in report and "distillir demo --dataset" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["retriever"] for r in metrics["rows"]][0] == "BM25" and "nDCG@10" in metrics["rows"][0]
+    assert all((out / f"{name}.trec").read_text() for name in ("bm25", "dense", "hybrid"))
+    invoke("demo", "--dataset", beir_dir, "--split", "test", "--model", tiny_bert_dir, "--dtype", "float32",
+           "--out", out)  # an earlier demo's output is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(app, ["demo", "--dataset", str(beir_dir), "--split", "test", "--model", tiny_bert_dir,
+                                      "--out", str(mine)])
+    assert result.exit_code != 0 and (mine / "notes.txt").read_text() == "keep me"

@@ -4,6 +4,7 @@ indexed, searched and evaluated side by side on a real dataset."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from distillir.utils.log import get_logger
 
@@ -17,9 +18,11 @@ def run_demo(
     max_queries: int | None = None,
     top_k: int = 100,
     dtype: str = "auto",
+    out: str | Path | None = None,
 ) -> str:
     """Returns a Markdown table of each retriever's metrics and timings. Indexes are cached by
-    (corpus, model) fingerprint, so a second run costs seconds."""
+    (corpus, model) fingerprint, so a second run costs seconds. `out`: also write there (atomically) each
+    retriever's run (`bm25.trec`, `dense.trec`, `hybrid.trec`), `metrics.json` and `report.md`."""
     from distillir.data.datasets import load_dataset
     from distillir.evaluation import evaluate_run
     from distillir.evaluation.report import format_table
@@ -28,6 +31,10 @@ def run_demo(
     from distillir.retrievers.dense.retriever import DenseRetriever
     from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
+    if out is not None and Path(out).exists() and not (Path(out) / "report.md").is_file():
+        from distillir.errors import ConfigError
+
+        raise ConfigError(f"{out} exists and is not an earlier demo's output: choose another --out")
     data = load_dataset(dataset, split=split, max_queries=max_queries)
     log.info("%s/%s: %d passages, %d queries", dataset, split, len(data.corpus), len(data.queries))
 
@@ -58,4 +65,18 @@ def run_demo(
 
     columns = [c for c in rows[0] if c not in ("queries",)]
     header = f"{dataset} ({split}, {len(data.queries)} queries, {len(data.corpus)} passages)\n\n"
-    return header + format_table(rows, columns)
+    table = header + format_table(rows, columns)
+    if out is not None:
+        from distillir.utils.io import atomic_dir, write_json
+
+        with atomic_dir(out) as tmp:
+            for name, run in (("bm25", sparse_run), ("dense", dense_run), ("hybrid", hybrid_run)):
+                run.write_trec(tmp / f"{name}.trec", tag=name)
+            write_json(tmp / "metrics.json", {"dataset": dataset, "split": split, "model": model, "dtype": dtype,
+                                              "top_k": top_k, "rows": rows})
+            (tmp / "report.md").write_text(
+                f"# distillir demo: {dataset}\n\n{table}\n\nReproduce: `distillir demo --dataset {dataset} --split "
+                f"{split} --model {model}" + (f" --max-queries {max_queries}" if max_queries else "") + "`\n",
+                encoding="utf-8")
+        log.info("wrote %s (report.md, metrics.json, bm25/dense/hybrid.trec)", out)
+    return table

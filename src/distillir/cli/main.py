@@ -362,11 +362,15 @@ def demo(
     max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
     top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
     dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16, float16 (GPU).")] = Precision.auto,
+    out: Annotated[Path | None, typer.Option(help="Where report.md, metrics.json and the runs go (default: runs/demo-DATASET-SPLIT; an existing one is replaced).")] = None,
 ) -> None:
     """The main job: BM25, the dense encoder and their RRF hybrid on a real dataset, side by side."""
     from distillir.demo import run_demo
 
-    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k, dtype=dtype.value))
+    out = out or Path("runs") / f"demo-{Path(dataset).name}-{split}"
+    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k,
+                        dtype=dtype.value, out=out))
+    typer.echo(f"\nreport: {out / 'report.md'} (metrics.json and the runs beside it)")
 
 
 def main() -> None:
