@@ -175,6 +175,15 @@ def test_checkpoints_hold_everything_and_are_pruned(tmp_path):
     assert log[0]["loss"] > log[-1]["loss"]
 
 
+def test_summary_loss_is_the_logged_one(tmp_path):
+    args = TrainingArguments(output_dir=tmp_path, max_steps=6, per_device_batch_size=8, save_steps=0, log_steps=4,
+                             learning_rate=0.1)
+    summary = Trainer(Toy(), args, TOY_DATA, toy_collate).train()
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == [4, 6] and summary["loss"] == log[-1]["loss"]  # the mean of steps 5-6
+    assert summary["last_step_loss"] != summary["loss"]
+
+
 def test_save_steps_zero_writes_no_checkpoint(tmp_path):
     args = TrainingArguments(output_dir=tmp_path, max_steps=2, per_device_batch_size=8, save_steps=0)
     Trainer(Toy(), args, TOY_DATA, toy_collate).train()

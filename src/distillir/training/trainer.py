@@ -259,7 +259,9 @@ class Trainer:
                 bar.close()
         self.on_train_end()
         acc.wait_for_everyone()
-        return {"global_step": self.state.global_step, "epoch": self.state.epoch, "loss": self.state.last_loss,
+        # loss: the last log window's mean, as log.jsonl's last row says (a resumed, finished run: the last step's)
+        return {"global_step": self.state.global_step, "epoch": self.state.epoch,
+                "loss": getattr(self, "_logged_loss", self.state.last_loss), "last_step_loss": self.state.last_loss,
                 "elapsed": round(self.state.elapsed, 3),
                 "resumed_from": str(resume_from) if resume_from is not None else None}
 
@@ -292,6 +294,7 @@ class Trainer:
                 seconds = time.perf_counter() - window_start
                 row = self._log_row(window, window_micro, window_examples / max(seconds, 1e-9), grad_norm)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", ex_s=f"{row['examples_per_s']:.1f}")
+                self._logged_loss = row["loss"]
                 window, window_micro, window_examples = {}, 0, 0
                 window_start = time.perf_counter()
             saved = None
