@@ -50,6 +50,10 @@ def test_prompts_plain_and_chat(reader, tiny_lm_dir):
                                              "passage answers.\n<assistant> "
     with pytest.raises(ConfigError, match="must contain"):
         PromptTemplate(read="no fields")
+    with pytest.raises(ConfigError, match="only {passage} and {question}"):
+        PromptTemplate(read="{passage} {question} {answer}")
+    with pytest.raises(ConfigError, match="literal braces"):
+        PromptTemplate(question="{passage} {")
     with pytest.raises(ConfigError, match="must not contain"):
         PromptTemplate(question="{passage} {question}")
     with pytest.raises(ConfigError, match="chat template"):

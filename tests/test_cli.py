@@ -210,7 +210,7 @@ def test_demo_writes_its_report_and_runs(tmp_path, tiny_bert_dir, monkeypatch):
     report = (out / "report.md").read_text()
     assert "BM25" in report and "hybrid (RRF)" in report and "distillir demo --dataset" in report
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["retriever"] for r in metrics["rows"]][0] == "BM25" and "nDCG@10" in metrics["rows"][0]
+    assert metrics["rows"][0]["retriever"] == "BM25" and "nDCG@10" in metrics["rows"][0]
     assert all((out / f"{name}.trec").read_text() for name in ("bm25", "dense", "hybrid"))
     invoke("demo", "--dataset", beir_dir, "--split", "test", "--model", tiny_bert_dir, "--dtype", "float32",
            "--out", out)  # an earlier demo's output is replaced

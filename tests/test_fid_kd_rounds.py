@@ -223,3 +223,12 @@ def test_questions_only_on_a_beir_dataset(fidkd_env, tiny_bert_dir, tiny_lm_dir,
         FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, beir, tmp_path / "pdist", "reader.kind=causal-lm",
                                         f"reader.model={tiny_lm_dir}", "teacher.aggregation=pdist", "rounds=1",
                                         "train_split=train", "eval.split=test"))
+
+
+def test_a_causal_lm_that_does_not_load_fails_before_any_round(fidkd_env, tiny_bert_dir, tmp_path):
+    _, data = fidkd_env
+    out = tmp_path / "bad-lm"
+    with pytest.raises(ConfigError, match="no installed package"):
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out, "reader.kind=causal-lm",
+                                        "reader.model=package:no-such-model-package", "teacher.aggregation=pdist"))
+    assert not (out / "round-1").exists()

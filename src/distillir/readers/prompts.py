@@ -35,6 +35,12 @@ class PromptTemplate:
             missing = [f for f in fields if f not in getattr(self, name)]
             if missing:
                 raise ConfigError(f"prompt {name!r} must contain {', '.join(missing)}, got {getattr(self, name)!r}")
+        for name in ("read", "question"):
+            try:
+                getattr(self, name).format(passage="", question="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(f"prompt {name!r} may use only {{passage}} and {{question}} (write {{{{ and }}}} "
+                                  f"for literal braces): {e!r} in {getattr(self, name)!r}") from None
         if "{question}" in self.question:
             raise ConfigError("prompt 'question' is the context of the question being scored: it must not contain "
                               "{question}")

@@ -179,6 +179,8 @@ class FiDKDRecipe(Recipe):
         self.callbacks = list(callbacks)
 
         self.lm = config.reader.kind == "causal-lm" and config.teacher_scores is None
+        if self.lm:  # loaded (and kept) now: a model that does not load fails before any retrieval
+            self._reader(config, None)
         questions_only = self.lm and config.teacher.aggregation == "question_likelihood"
         train, self.train_queries = qa_training_split(config.dataset, config.train_split, config.max_train_queries,
                                                       config.seed, need_answers=not questions_only)
