@@ -95,10 +95,6 @@ class CausalLMReader:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def fingerprint(self) -> str:
         """What a cached score depends on besides its text: the model, its precision, the prompts, the truncation."""
         return f"{self.name}|{self.precision}|{self.prompts.fingerprint()}|{self.passage_max_tokens}|chat={self.chat}"
@@ -156,12 +152,12 @@ class CausalLMReader:
         token_logprobs: list[torch.Tensor | None] = [None] * len(pairs)
         alone = list(range(len(pairs)))
         if share_prefix:  # prompts scored against 2+ targets reuse their cache; the rest batch as usual
-            counts: dict[tuple[int, ...], int] = {}
-            for p in prompts:
-                counts[tuple(p)] = counts.get(tuple(p), 0) + 1
-            shared = [i for i in alone if counts[tuple(prompts[i])] > 1]
-            alone = [i for i in alone if counts[tuple(prompts[i])] == 1]
-            self._score_shared(prompts, targets, token_logprobs, batch_size, shared)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, p in enumerate(prompts):
+                groups.setdefault(tuple(p), []).append(i)
+            self._score_shared(prompts, targets, token_logprobs, batch_size,
+                               [rows for rows in groups.values() if len(rows) > 1])
+            alone = [rows[0] for rows in groups.values() if len(rows) == 1]
         self._score_full(prompts, targets, token_logprobs, batch_size, alone)
         return [float(lp.sum() / (len(lp) if reduce == "mean" else 1)) for lp in token_logprobs]
 
@@ -190,14 +186,12 @@ class CausalLMReader:
                 out[i] = values[offset: offset + len(targets[i])]
                 offset += len(targets[i])
 
-    def _score_shared(self, prompts, targets, out, batch_size: int, rows: Sequence[int]) -> None:
-        """Each distinct prompt once (its KV cache and last hidden state), then its targets in batches over it."""
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i in rows:
-            groups.setdefault(tuple(prompts[i]), []).append(i)
+    def _score_shared(self, prompts, targets, out, batch_size: int, groups: Sequence[list[int]]) -> None:
+        """Each group's prompt once (its KV cache and last hidden state), then its targets in batches over it."""
         pad = self.tokenizer.pad_token_id
         device = self.device
-        for prompt, members in groups.items():
+        for members in groups:
+            prompt = prompts[members[0]]
             prefix = torch.tensor([prompt], device=device)
             first = self.model.base_model(input_ids=prefix, use_cache=True)
             last = first.last_hidden_state[:, -1]  # predicts each target's first token
