@@ -121,7 +121,39 @@ def command_line(drop: tuple[str, ...] = ("--note", "--only")) -> str:
     return ".venv/bin/python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *args])
 
 
+SUMMARY_FIELDS = ("system", "dataset", "split", "labels_used", "metrics")
+
+
+def summary_row(system: str, dataset: str, split: str, labels_used: bool, metrics: dict | None,
+                keys: tuple[str, ...]) -> dict:
+    """One row of a result's top-level `summary`: the metrics named in `keys` (as the tables name them) that
+    this system has, in that order."""
+    metrics = metrics or {}
+    return {"system": system, "dataset": dataset, "split": split, "labels_used": bool(labels_used),
+            "metrics": {k: metrics[k] for k in keys
+                        if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics.get(k), bool)}}
+
+
+def check_summary(name: str, data: dict) -> None:
+    """Every results JSON carries `summary`: a list of rows {system, dataset, split, labels_used, metrics}."""
+    rows = data.get("summary")
+    if not isinstance(rows, list):
+        raise ValueError(  # noqa: TRY004 - a results file's content, not an argument's type
+            f"{name}.json: top-level 'summary' must be a list of rows, got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        missing = [f for f in SUMMARY_FIELDS if f not in row] if isinstance(row, dict) else list(SUMMARY_FIELDS)
+        if missing:
+            raise ValueError(f"{name}.json: summary[{i}] lacks {', '.join(missing)}")
+        if not isinstance(row["labels_used"], bool) or not isinstance(row["metrics"], dict):
+            raise ValueError(f"{name}.json: summary[{i}] ({row['system']}): labels_used must be true/false and "  # noqa: TRY004
+                             "metrics a mapping")
+        bad = [k for k, v in row["metrics"].items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if bad:
+            raise ValueError(f"{name}.json: summary[{i}] ({row['system']}): non-numeric metrics {', '.join(bad)}")
+
+
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+    check_summary(name, data)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS_DIR / f"{name}.json"
     md_path = RESULTS_DIR / f"{name}.md"

@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
-from cotraining_report import COLUMNS, ORDER, REPO, SPLITS, markdown
+from _common import RESULTS_DIR, WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
+from cotraining_report import COLUMNS, ORDER, REPO, SPLITS, markdown, summary
 
 SEED = 42
 TOP_K = 100
@@ -63,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16-rerank", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--only", nargs="*", choices=ORDER, help="run only these systems (the rest are kept if done)")
     p.add_argument("--work-dir", default=None)
+    p.add_argument("--render-only", action="store_true", help="rewrite the results from their JSON (no computation)")
     p.add_argument("--note", default=None,
                    help="a line shown under the table, kept across resumes (e.g. what else shared the machine)")
     args = p.parse_args(argv)
@@ -103,6 +104,7 @@ class Bench:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.res, indent=2, default=str), encoding="utf-8")
         tmp.replace(self.state_file)
+        self.res["summary"] = summary(self.res)
         write_results(self.name, self.res, markdown(self.res))
 
     # ---- data and common pieces ----------------------------------------------------------------
@@ -318,6 +320,12 @@ class Bench:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.render_only:
+        name = f"cotraining_{args.dataset.replace('-', '_')}"
+        res = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+        res["summary"] = summary(res)
+        write_results(name, res, markdown(res))
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log(f"cotraining bench {json.dumps(settings_of(args))}; work dir {args.work}")
     Bench(args).run()

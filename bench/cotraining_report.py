@@ -29,6 +29,18 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+UNLABELLED = ("bm25", "minilm")  # every other system trains on (or re-ranks with a ranker trained on) qrels
+
+
+def summary(res: dict) -> list[dict]:
+    from _common import summary_row
+
+    ds = res["settings"]["dataset"]
+    return [summary_row(res["systems"][k]["system"], ds, SPLITS[ds], k not in UNLABELLED, res["systems"][k],
+                        tuple(c for c in COLUMNS[ds] if c not in ("system", "note", "wall_s")))
+            for k in ORDER if res["systems"].get(k) is not None and k != "cross_encoder"]
+
+
 def markdown(res: dict) -> str:
     s = res["settings"]
     ds = s["dataset"]

@@ -35,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, keep_environment, peak_rss_mb, write_results
+from _common import RESULTS_DIR, command_line, keep_environment, peak_rss_mb, write_results
 from fid_kd_ablations import Ablations
-from fid_kd_report import markdown, slug
+from fid_kd_report import markdown, slug, summary
 from fid_kd_settings import (
     AGGREGATIONS,
     CONTROL,
@@ -86,6 +86,7 @@ class Bench(Ablations):
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.res, indent=2, default=str), encoding="utf-8")
         tmp.replace(self.state_file)
+        self.res["summary"] = summary(self.res)
         write_results(self.s["name"], self.res, markdown(self.res))
 
     def run(self) -> None:
@@ -281,6 +282,11 @@ class Bench(Ablations):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.render_only:
+        res = json.loads((RESULTS_DIR / f"{args.settings['name']}.json").read_text())
+        res["summary"] = summary(res)
+        write_results(args.settings["name"], res, markdown(res))
+        return
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -61,6 +61,21 @@ def retrieval_rows(res: dict) -> list[dict]:
     return rows
 
 
+SUMMARY_KEYS = tuple(f"Top-{k}" for k in KS) + ("MRR@10", "R@20")
+
+
+def summary(res: dict) -> list[dict]:
+    """The retrieval table's rows and the ablations' (dev): only the DPR baseline reads relevance labels."""
+    from _common import summary_row
+
+    rows = [summary_row(r["system"], "squad-open", "dev", r["system"] == "DPR supervised", r, SUMMARY_KEYS)
+            for r in retrieval_rows(res)]
+    for part, title in (("loss", "loss ablation"), ("aggregation", "aggregation ablation")):
+        for name, m in (res.get("ablations") or {}).get(part, {}).items():
+            rows.append(summary_row(f"{title}: {name}", "squad-open", "dev", False, m.get("metrics"), SUMMARY_KEYS))
+    return [r for r in rows if r["metrics"]]  # a partial run lists only what it has measured
+
+
 def markdown(res: dict) -> str:
     s = res["settings"]
     cols = ["system", "Top-1", "Top-5", "Top-20", "Top-100", "MRR@10", "R@20", "note"]

@@ -94,6 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-dpr", action="store_true")
     p.add_argument("--skip-ablations", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--render-only", action="store_true", help="rewrite the results from their JSON (no computation)")
     args = p.parse_args(argv)
     settings = dict(PRESETS[args.preset])
     for key in list(settings):

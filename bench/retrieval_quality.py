@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS_DIR as RESULTS
 from _common import WORK_DIR, command_line, environment, peak_rss_mb, write_results
-from retrieval_quality_report import BM25_PARAMS, FUSION_DEPTH, REPO, RRF_K, markdown, rows_of
+from retrieval_quality_report import BM25_PARAMS, FUSION_DEPTH, REPO, RRF_K, markdown, rows_of, summary
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOP_K = 100
@@ -155,6 +155,7 @@ def bench_dataset(name: str, args, out: dict) -> list[dict]:
             "train_questions": dpr_info.get("train_examples"),
             "max_train_queries": raw["data"].get("max_train_queries"),
             "steps": (dpr_info.get("train") or {}).get("global_step"),
+            "resumed_from": (dpr_info.get("train") or {}).get("resumed_from"),
             "batch_size": raw["trainer"]["per_device_batch_size"],
             "hard_negatives_per_query": raw["negatives"]["per_query"],
             "epochs": raw["trainer"]["num_epochs"],
@@ -225,6 +226,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render_only:
         data = json.loads((RESULTS / f"{args.name}.json").read_text())
+        data["summary"] = summary(data)
         write_results(args.name, data, markdown(data, {n: rows_of(n, i) for n, i in data["datasets"].items()}))
         return
 
@@ -257,6 +259,7 @@ def main() -> None:
         out["environment"]["loadavg_at_end"] = list(__import__("os").getloadavg())
         merged = out if args.fresh else merge_earlier(out, RESULTS / f"{args.name}.json")
         tables = {n: rows_of(n, i) for n, i in merged["datasets"].items()}
+        merged["summary"] = summary(merged)
         write_results(args.name, merged, markdown(merged, tables))  # after each dataset: partial results survive
         torch.set_grad_enabled(True)
     log(f"done in {time.perf_counter() - start:.0f}s; results in bench/results/{args.name}.json/.md")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,6 +26,16 @@ def rows_of(name: str, info: dict) -> list[dict]:
             row[col] = metrics.get(col)
         rows.append(row)
     return rows
+
+
+LABELLED = ("DPR (supervised)", "RRF(BM25, DPR)")  # trained on the gold passages
+
+
+def summary(out: dict) -> list[dict]:
+    from _common import summary_row
+
+    return [summary_row(label, name, info["split"], label in LABELLED, metrics, tuple(COLUMNS[name][1:]))
+            for name, info in out["datasets"].items() for label, metrics in info["systems"].items()]
 
 
 def markdown(out: dict, tables: dict) -> str:
@@ -83,8 +92,7 @@ def markdown(out: dict, tables: dict) -> str:
                 lines[-1] += (f" Note: the reused run dir was trained with max_train_queries={d['max_train_queries']}, "
                               f"not the config file's {file_cfg['data'].get('max_train_queries')}; to reproduce it, add "
                               f"`--dpr-set data.max_train_queries={d['max_train_queries']}`.")
-            results_file = Path(d["run_dir"]) / "results.json"
-            resumed = (json.loads(results_file.read_text()).get("train") or {}).get("resumed_from") if results_file.is_file() else None
+            resumed = d.get("resumed_from")  # recorded with the run: the render reads the results JSON only
             if resumed:
                 lines[-1] += (f" The run was interrupted and resumed from `{Path(resumed).name}` (the trainer checkpoints "
                               "model, optimizer, scheduler and RNG state); the time is the sum of both sessions.")

@@ -36,7 +36,7 @@ from _common import (
     environment,
     write_results,
 )
-from speed_report import markdown
+from speed_report import markdown, summary
 from speed_workers import (
     ENCODE_LABELS,
     ENCODE_VARIANTS,
@@ -300,6 +300,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render_only:
         data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
+        data["summary"] = summary(data)
         write_results(args.name, data, markdown(data))
         return
     global SCRATCH
@@ -323,6 +324,7 @@ def main() -> None:
         out.setdefault("part_runs", {})[part] = {"command": out["command"], "date_utc": out["environment"]["date_utc"],
                                                  "loadavg_at_end": out["environment"]["loadavg_at_end"]}
         merged = out if args.fresh else merge_earlier(out, RESULTS_DIR / f"{args.name}.json")
+        merged["summary"] = summary(merged)
         write_results(args.name, merged, markdown(merged))
     log(f"done in {time.perf_counter() - start:.0f}s")
 

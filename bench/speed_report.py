@@ -102,16 +102,7 @@ def markdown(out: dict) -> str:
             if "error" in r:
                 rows.append({"data": r["variant"], "index": f"FAILED: {r['error'][:80]}"})
                 continue
-            p = r.get("params_resolved") or r.get("params") or {}
-            if r["kind"] == "hnsw":
-                desc = f"faiss HNSW{p.get('M')} (efC {p.get('efConstruction')}, efS {p.get('efSearch')})"
-            elif r["kind"] == "ivfpq":
-                desc = (f"faiss IVF{p.get('nlist')}-PQ{p.get('m')}x{p.get('nbits')} nprobe {p.get('nprobe')}"
-                        + (f" + exact rescore of {p.get('rescore')}" if p.get("rescore") else ", no rescore"))
-            elif r["kind"] == "flat":
-                desc = "faiss IndexFlatIP"
-            else:
-                desc = "distillir ExactIndex (torch)"
+            desc = _vector_desc(r)
             rows.append({
                 "data": "squad-open MiniLM" if r["data"] == "squad" else "synthetic clustered",
                 "vectors": r["size"], "index": desc, "build s": r["build_s"], "queries/s": r["qps"],
@@ -174,6 +165,48 @@ def markdown(out: dict) -> str:
     L.append("")
     L.append("Raw figures per process and round: `bench/results/speed.json`.")
     return "\n".join(L)
+
+
+def _vector_desc(r: dict) -> str:
+    p = r.get("params_resolved") or r.get("params") or {}
+    if r["kind"] == "hnsw":
+        return f"faiss HNSW{p.get('M')} (efC {p.get('efConstruction')}, efS {p.get('efSearch')})"
+    if r["kind"] == "ivfpq":
+        return (f"faiss IVF{p.get('nlist')}-PQ{p.get('m')}x{p.get('nbits')} nprobe {p.get('nprobe')}"
+                + (f" + exact rescore of {p.get('rescore')}" if p.get("rescore") else ", no rescore"))
+    if r["kind"] == "flat":
+        return "faiss IndexFlatIP"
+    return "distillir ExactIndex (torch)"
+
+
+def summary(out: dict) -> list[dict]:
+    """Speed rows: encoders over the squad-open passage subset (gold R@k from its dev questions), BM25 engines
+    over squad-open dev questions, vector indexes over squad-open embeddings or synthetic vectors."""
+    from _common import summary_row
+
+    rows = []
+    for v, d in (out.get("encode") or {}).get("variants", {}).items():
+        rows.append(summary_row(ENCODE_LABELS.get(v, v), "squad-open", "dev", False, {
+            "passages/CPU-s": d.get("passages_per_cpu_s_best"), "vs ST (CPU)": d.get("cpu_speedup_vs_sentence_transformers"),
+            "cos to fp32 (mean)": d.get("cosine_to_fp32_mean"), "gold R@1": d.get("gold_R@1"),
+            "gold R@5": d.get("gold_R@5")},
+            ("passages/CPU-s", "vs ST (CPU)", "cos to fp32 (mean)", "gold R@1", "gold R@5")))
+    for engine, label in (("bm25s", "bm25s (distillir BM25Retriever)"), ("rank_bm25", "rank_bm25 BM25Okapi")):
+        b = (out.get("bm25") or {}).get(engine)
+        if b:
+            rows.append(summary_row(label, "squad-open", "dev", False, {
+                "q/CPU-s": b.get("sample_q_per_cpu_s"), "build CPU-s": b.get("build_cpu_s"),
+                "gold MRR@10 (sample)": b.get("sample_gold_mrr10")},
+                ("q/CPU-s", "build CPU-s", "gold MRR@10 (sample)")))
+    for r in out.get("vector") or []:
+        if "error" in r:
+            continue
+        squad = r["data"] == "squad"
+        rows.append(summary_row(f"{_vector_desc(r)}, {r['size']:,} vectors", "squad-open" if squad else "synthetic",
+                                "dev" if squad else "synthetic", False,
+                                {"queries/s": r.get("qps"), "recall@10": r.get("recall@10"), "build s": r.get("build_s")},
+                                ("queries/s", "recall@10", "build s")))
+    return rows
 
 
 def _vector_settings(out: dict) -> dict:
