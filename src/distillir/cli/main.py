@@ -4,7 +4,6 @@ so `distillir --help` stays fast."""
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -12,9 +11,8 @@ from typing import Annotated
 
 import typer
 
+from distillir.cli.options import Precision, echo_err
 from distillir.models import DEFAULT_ENCODER
-
-CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"  # the shipped configs, in a source checkout
 
 app = typer.Typer(
     name="distillir",
@@ -62,32 +60,21 @@ class IndexKind(str, Enum):
     ivfpq = "ivfpq"
 
 
-class Precision(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
 class Fusion(str, Enum):
     rrf = "rrf"
     interpolate = "interpolate"
 
 
-def _echo_err(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
 @app.command()
 def index(
     corpus: CorpusArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the index to (replaced atomically).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the index to (atomically; an existing index only with --overwrite).")],
     retriever: Annotated[RetrieverKind, typer.Option(help="bm25, dense, or hybrid (both, fused at search time).")] = RetrieverKind.bm25,
     model: Annotated[
         str, typer.Option(help="Dense encoder: a Hugging Face hub id or a local path (a distillir-trained retriever too).")
     ] = DEFAULT_ENCODER,
     index_type: Annotated[IndexKind, typer.Option("--index", help="Dense search: exact (torch matmul), or FAISS flat / hnsw / ivfpq.")] = IndexKind.exact,
-    batch_size: Annotated[int, typer.Option(help="Dense encoding batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Dense encoding batch size.")] = 64,
     passage_max_length: Annotated[int | None, typer.Option(help="Dense: passage max tokens (default: the encoder's setting).")] = None,
     dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: float32, bfloat16 (fast on CPUs with AMX/avx512_bf16), float16 (GPU), auto (as the demo).")] = Precision.float32,
     quantize: Annotated[str | None, typer.Option(help="Dense on CPU: 'int8' dynamic quantisation for faster encoding.")] = None,
@@ -95,10 +82,12 @@ def index(
     b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
     fusion: Annotated[Fusion, typer.Option(help="Hybrid: reciprocal-rank fusion or normalised score interpolation.")] = Fusion.rrf,
     cache: Annotated[bool, typer.Option(help="Reuse cached corpus embeddings / BM25 indexes keyed by (corpus, model).")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an index already at --out.")] = False,
 ) -> None:
     """Index a corpus with BM25, a dense encoder, or both (hybrid)."""
-    from distillir.cli.inputs import resolve_corpus
+    from distillir.cli.inputs import check_output_index, resolve_corpus
 
+    check_output_index(out, overwrite)
     passages = resolve_corpus(corpus)
     typer.echo(f"corpus: {len(passages)} passages from {passages.source}", err=True)
     sparse = dense = None
@@ -137,22 +126,24 @@ def search(
     index_dir: Annotated[Path, typer.Argument(help="An index directory written by `distillir index`.")],
     queries: QueriesArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run file: .trec (TREC run format) or .jsonl (with passage texts; needs --corpus).")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Passages per query.")] = 100,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Passages per query.")] = 100,
     corpus: Annotated[str | None, typer.Option(help="Corpus, to write texts (.jsonl) and to check the index was built from it.")] = None,
     qrels: Annotated[str | None, typer.Option(help="Search only the queries that appear in these qrels.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Search an index; write a TREC run or a JSONL run with passage texts (what readers consume)."""
-    from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
+    from distillir.cli.inputs import check_output_file, resolve_corpus, resolve_qrels, resolve_queries
     from distillir.retrievers.base import load_index
 
+    check_output_file(out, overwrite)
+    if out.suffix == ".jsonl" and not corpus:
+        raise typer.BadParameter("a .jsonl run holds passage texts: pass --corpus", param_hint="--out")
     passages = resolve_corpus(corpus) if corpus else None
     retriever = load_index(index_dir, corpus=passages)
     ids = set(resolve_qrels(qrels)) if qrels else None
-    qs = resolve_queries(queries, ids=ids)
+    qs = resolve_queries(queries, ids=ids, of=f"the qrels {qrels}")
     run = retriever.search(qs, top_k=top_k)
     if out.suffix == ".jsonl":
-        if passages is None:
-            raise typer.BadParameter("a .jsonl run holds passage texts: pass --corpus", param_hint="--out")
         run.write_jsonl(out, qs, passages)
     else:
         run.write_trec(out, tag=retriever.kind)
@@ -165,28 +156,25 @@ def evaluate(
     qrels: Annotated[str | None, typer.Option(help="Qrels (BEIR .tsv or TREC) or NAME[:SPLIT]: nDCG@10, MRR@10, R@k, MAP.")] = None,
     answers: Annotated[str | None, typer.Option(help="QA .jsonl with answers: answer-string recall@k (needs --corpus).")] = None,
     corpus: Annotated[str | None, typer.Option(help="Corpus, for answer recall.")] = None,
-    k: Annotated[str, typer.Option(help="Cut-offs for recall, comma-separated.")] = "1,5,20,100",
+    k: Annotated[str, typer.Option(help="Cut-offs for recall, comma-separated positive integers.")] = "1,5,20,100",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Evaluate a run against qrels and/or answers."""
-    from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
+    from distillir.cli.inputs import check_run, check_run_against_qrels, resolve_corpus, resolve_qrels, resolve_queries
     from distillir.data.run import Run
     from distillir.evaluation import evaluate_run
 
     if not qrels and not answers:
         raise typer.BadParameter("give --qrels and/or --answers")
-    ks = tuple(int(x) for x in k.split(",") if x.strip())
-    the_run = Run.read(run)
-    qs = resolve_queries(answers, default_split="dev") if answers else None
-    if qs is not None and corpus is None:
+    if answers and corpus is None:
         raise typer.BadParameter("answer recall needs --corpus", param_hint="--corpus")
-    metrics = evaluate_run(
-        the_run,
-        qrels=resolve_qrels(qrels) if qrels else None,
-        queries=qs,
-        corpus=resolve_corpus(corpus) if corpus else None,
-        ks=ks,
-    )
+    ks = _cutoffs(k)
+    the_run = Run.read(run)
+    passages = resolve_corpus(corpus) if corpus else None
+    check_run(the_run, run, passages)
+    judged = check_run_against_qrels(the_run, run, resolve_qrels(qrels), qrels, passages) if qrels else None
+    qs = resolve_queries(answers, default_split="dev", ids=set(the_run), of=f"the run {run}") if answers else None
+    metrics = evaluate_run(the_run, qrels=judged, queries=qs, corpus=passages, ks=ks)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:
@@ -201,17 +189,20 @@ def rerank(
     corpus: CorpusArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Re-ranked run (.trec or .jsonl).")],
     model: Annotated[str, typer.Option(help="Cross-encoder: hub id or local path (e.g. from `distillir train cross-encoder`).")] = DEFAULT_ENCODER,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Re-score this many passages per query.")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 64,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Re-score this many passages per query.")] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per batch.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Re-rank a run's top-k with a cross-encoder."""
-    from distillir.cli.inputs import resolve_corpus, resolve_queries
+    from distillir.cli.inputs import check_output_file, check_run, resolve_corpus, resolve_queries
     from distillir.data.run import Run
     from distillir.rankers.cross_encoder import CrossEncoder
 
+    check_output_file(out, overwrite)
     the_run = Run.read(run)
     passages = resolve_corpus(corpus)
-    qs = resolve_queries(queries, ids=set(the_run))
+    check_run(the_run, run, passages)
+    qs = resolve_queries(queries, ids=set(the_run), of=f"the run {run}")
     ranker = CrossEncoder.from_pretrained(model)
     reranked = ranker.rerank(the_run, qs, passages, top_k=top_k, batch_size=batch_size)
     if out.suffix == ".jsonl":
@@ -225,6 +216,16 @@ class Scale(str, Enum):
     sigmoid = "sigmoid"
     relative = "relative"
     logit = "logit"
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}", param_hint="--k") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}", param_hint="--k")
+    return ks
 
 
 def _rank_range(text: str) -> tuple[int, int]:
@@ -253,11 +254,19 @@ def mine(
     scale: Annotated[Scale, typer.Option(help="With --ranker: what the thresholds compare with: sigmoid(logit), relative (sigmoid of logit minus the positive's), or the logit.")] = Scale.sigmoid,
     extra_positives: Annotated[bool, typer.Option("--extra-positives/--no-extra-positives", help="With --ranker: add passages above pos_threshold as positives.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch for --ranker.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per batch for --ranker.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Mine hard negatives from a run, with false-negative control: known positives, answer-containing
     passages and (with --ranker) passages the re-ranker scores as relevant never become negatives."""
-    from distillir.cli.inputs import resolve_corpus, resolve_qrels, resolve_queries
+    from distillir.cli.inputs import (
+        check_output_file,
+        check_run,
+        max_depth,
+        resolve_corpus,
+        resolve_qrels,
+        resolve_queries,
+    )
     from distillir.data.negatives import build_examples, mine_negatives, relevant_passages, write_training_lists
     from distillir.data.run import Run
     from distillir.errors import InputError
@@ -267,9 +276,14 @@ def mine(
         raise typer.BadParameter(f"need 0 <= START < END, got {ranks!r}", param_hint="--ranks")
     if per_query < 1:
         raise typer.BadParameter(f"must be at least 1, got {per_query}", param_hint="--per-query")
+    check_output_file(out, overwrite)
     the_run = Run.read(run)
     passages = resolve_corpus(corpus)
-    qs = resolve_queries(queries, default_split="train", ids=set(the_run))
+    check_run(the_run, run, passages)
+    if start >= max_depth(the_run):
+        raise typer.BadParameter(f"starts at rank {start}, but the run holds at most {max_depth(the_run)} "
+                                 "passages per query", param_hint="--ranks")
+    qs = resolve_queries(queries, default_split="train", ids=set(the_run), of=f"the run {run}")
     judged = resolve_qrels(qrels, default_split="train") if qrels else None
     positives = {qid: pids for qid, pids in relevant_passages(qs, judged).items() if qid in the_run}
     if not positives:
@@ -301,85 +315,27 @@ def mine(
     typer.echo(f"wrote {len(examples)} training lists to {out}", err=True)
 
 
-@app.command()
-def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (see `distillir recipes`).")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config for the recipe.")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config key: --set trainer.max_steps=100 (repeatable).")
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in the output directory.")] = False,
-    defaults: Annotated[bool, typer.Option("--defaults", help="Run on the recipe's built-in defaults (printed "
-                                           "first) instead of a --config file.")] = False,
-) -> None:
-    """Train with a recipe from a YAML config plus --set overrides."""
-    import yaml
+from distillir.cli.jobs import demo, recipes, train  # registered after the data commands: --help order
 
-    from distillir.errors import ConfigError
-    from distillir.recipes import get_recipe
-    from distillir.training.config import config_to_dict, load_config
-
-    recipe_cls = get_recipe(recipe)
-    if config is None and not defaults:
-        shipped = sorted(CONFIGS_DIR.glob(f"{recipe}-*.yaml")) if CONFIGS_DIR.is_dir() else []
-        raise ConfigError(f"train {recipe}: give a config (--config FILE; shipped: "
-                          f"{', '.join(str(p) for p in shipped) or 'none found'}), or --defaults to run on the "
-                          f"built-in defaults")
-    sets = list(overrides or [])
-    if resume:
-        sets.append("resume=true")
-    cfg = load_config(recipe_cls.Config, config, sets)
-    if config is None:
-        _echo_err(f"{recipe}: built-in defaults (--defaults):\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    _echo_err(f"{recipe}: output directory {getattr(cfg, 'output_dir', '?')}")
-    from distillir.training.interrupt import TrainingInterrupted
-
-    try:
-        result = recipe_cls().run(cfg)
-    except TrainingInterrupted as e:
-        again = ["distillir", "train", recipe, *(["--config", str(config)] if config else ["--defaults"]),
-                 *[part for item in overrides or [] for part in ("--set", item)], "--resume"]
-        _echo_err(f"interrupted ({e}); resume with:\n  {' '.join(shlex.quote(a) for a in again)}")
-        raise typer.Exit(130) from None
-    typer.echo(json.dumps(result, indent=2, default=str))
+app.command()(train)
+app.command()(recipes)
+app.command()(demo)
 
 
-@app.command()
-def recipes() -> None:
-    """List the training recipes."""
-    from distillir.recipes import RECIPES, get_recipe
-
-    for name in sorted(RECIPES):
-        doc = (get_recipe(name).__doc__ or "").strip().splitlines()
-        typer.echo(f"{name:<16} {doc[0] if doc else ''}")
-
-
-@app.command()
-def demo(
-    dataset: Annotated[str, typer.Option(help="Dataset name or directory (BEIR layout or squad-open layout).")] = "scifact",
-    split: Annotated[str, typer.Option(help="Split to evaluate on.")] = "test",
-    model: Annotated[str, typer.Option(help="Dense encoder (hub id or path).")] = DEFAULT_ENCODER,
-    max_queries: Annotated[int | None, typer.Option(help="Evaluate on a fixed, seeded sample of queries.")] = None,
-    top_k: Annotated[int, typer.Option(help="Depth of each run.")] = 100,
-    dtype: Annotated[Precision, typer.Option(help="Dense encoding precision: auto (bfloat16 on CPUs with native bf16), float32, bfloat16, float16 (GPU).")] = Precision.auto,
-    out: Annotated[Path | None, typer.Option(help="Where report.md, metrics.json and the runs go (default: runs/demo-DATASET-SPLIT; an existing one is replaced).")] = None,
-) -> None:
-    """The main job: BM25, the dense encoder and their RRF hybrid on a real dataset, side by side."""
-    from distillir.demo import run_demo
-
-    out = out or Path("runs") / f"demo-{Path(dataset).name}-{split}"
-    typer.echo(run_demo(dataset=dataset, split=split, model=model, max_queries=max_queries, top_k=top_k,
-                        dtype=dtype.value, out=out))
-    typer.echo(f"\nreport: {out / 'report.md'} (metrics.json and the runs beside it)")
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    echo_err(f"warning: {message}")  # one line a user can act on, not the warning machinery's source line
 
 
 def main() -> None:
+    import warnings
+
     from distillir.errors import DistillirError
 
+    warnings.showwarning = _show_warning
     try:
         app()
     except DistillirError as e:
-        _echo_err(f"error: {e}")
+        echo_err(f"error: {e}")
         sys.exit(2)
 
 

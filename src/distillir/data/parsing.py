@@ -19,6 +19,7 @@ from distillir.errors import InputError
 # Lone surrogates are what `surrogateescape` turns undecodable bytes into.
 UNDECODABLE = re.compile("[\udc80-\udcff]")
 UTF8_HINT = "invalid UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+UTF16_HINT = "the file is UTF-16 (or holds NUL bytes), not UTF-8; re-encode it (iconv -f utf-16 -t utf-8)"
 
 
 def existing_file(path: str | Path, directory_files: tuple[str, ...] = ()) -> Path:
@@ -54,8 +55,10 @@ def lines(path: Path) -> Iterator[tuple[int, str, bool]]:
                     text, bad = raw.decode("utf-8"), False
                 except UnicodeDecodeError:
                     text, bad = raw.decode("utf-8", "surrogateescape"), True
-                if lineno == 1 and text.startswith("\ufeff"):  # byte-order mark left by some editors
-                    text = text[1:]
+                if lineno == 1:
+                    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+                        raise InputError(path, UTF16_HINT, line=1)
+                    text = text.removeprefix("\ufeff")  # UTF-8 byte-order mark left by some editors
                 text = text.rstrip("\r\n")
                 if text.strip():
                     yield lineno, text, bad
@@ -223,7 +226,25 @@ def header_positions(first: list[str], id_names: tuple[str, ...], text_names: tu
     return {"id": id_at, "text": text_at, "title": title_at}
 
 
-__all__ = ["UNDECODABLE", "UTF8_HINT", "check_unique", "existing_file", "first_line", "header_positions", "is_jsonl",
-           "json_id", "json_str", "json_str_list", "lines", "looks_csv_quoted", "open_bytes",
-           "parse_json_line", "raise_if_undecodable", "split_tsv", "text_is_quoted", "type_name",
-           "undecodable_field"]
+__all__ = [
+    "UNDECODABLE",
+    "UTF8_HINT",
+    "UTF16_HINT",
+    "check_unique",
+    "existing_file",
+    "first_line",
+    "header_positions",
+    "is_jsonl",
+    "json_id",
+    "json_str",
+    "json_str_list",
+    "lines",
+    "looks_csv_quoted",
+    "open_bytes",
+    "parse_json_line",
+    "raise_if_undecodable",
+    "split_tsv",
+    "text_is_quoted",
+    "type_name",
+    "undecodable_field",
+]

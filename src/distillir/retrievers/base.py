@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from distillir.data.run import Run
 from distillir.data.types import Corpus, Queries
 from distillir.errors import IndexMismatchError, InputError
-from distillir.utils.io import atomic_dir, write_json
+from distillir.utils.io import atomic_dir, file_digests, verify_digests, write_json
 
 MANIFEST = "manifest.json"
 IDS_FILE = "passage_ids.json"
@@ -49,9 +49,11 @@ class Retriever(ABC):
     def _load_from(cls, directory: Path, manifest: dict[str, Any], passage_ids: list[str]) -> Retriever: ...
 
     def save(self, directory: str | Path) -> Path:
-        """Write the index atomically: a reader never sees a half-written directory."""
+        """Write the index atomically: a reader never sees a half-written directory. It replaces only an
+        empty directory or an index (one with a manifest); the manifest records every file's size and
+        sha256, which loading verifies."""
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, owned=is_index_dir) as tmp:
             self._save_to(tmp)
             with open(tmp / IDS_FILE, "w", encoding="utf-8") as f:
                 json.dump(self.passage_ids, f)
@@ -66,6 +68,7 @@ class Retriever(ABC):
                         "source": self.corpus_source,
                     },
                     **self.manifest(),
+                    "files": file_digests(tmp),
                 },
             )
         return directory
@@ -79,6 +82,14 @@ class Retriever(ABC):
                 f"({len(corpus)} passages, from {corpus.source}) has fingerprint {corpus.fingerprint()}. "
                 "Rebuild the index for this corpus."
             )
+
+
+def is_index_dir(directory: str | Path) -> bool:
+    """Whether `directory` holds an index this tool wrote (its manifest names a kind)."""
+    try:
+        return "kind" in json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -115,8 +126,13 @@ def load_index(directory: str | Path, corpus: Corpus | None = None, **kwargs: An
     """Open any saved index; with `corpus`, refuse it unless it is the corpus the index was built from."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    if isinstance(manifest.get("files"), dict):  # indexes written before checksums have none to verify
+        verify_digests(directory, manifest["files"], what="index")
     ids_path = directory / IDS_FILE
-    passage_ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.is_file() else []
+    try:
+        passage_ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(ids_path, f"corrupt: not a JSON list of passage ids ({e}); rebuild the index") from None
     retriever = retriever_class(manifest["kind"])._load_from(directory, manifest, passage_ids, **kwargs)
     if corpus is not None:
         retriever.check_corpus(corpus)

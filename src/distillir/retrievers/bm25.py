@@ -198,7 +198,11 @@ class BM25Retriever(Retriever):
                 f"uses {TOKENIZER_VERSION}; rebuild the index",
             )
         params = _check_params(manifest.get("bm25", {}))
-        model = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
+        try:
+            model = bm25s.BM25.load(str(directory), mmap=mmap, show_progress=False)
+        except (ValueError, EOFError, OSError, KeyError) as e:  # bm25s reads .npy arrays and JSON files
+            raise InputError(directory, f"corrupt or truncated BM25 index ({type(e).__name__}: {e}); rebuild "
+                                        "it") from None
         if model.scores["num_docs"] != len(passage_ids):
             raise InputError(
                 directory,

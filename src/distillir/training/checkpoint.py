@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from distillir.errors import InputError
-from distillir.utils.io import atomic_dir
+from distillir.utils.io import atomic_dir, file_digests, verify_digests
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.pt"
@@ -124,8 +124,10 @@ def save_checkpoint(
         torch.save(rng_states, tmp / RNG_FILE)
         if extra is not None:
             extra(tmp)
-        # Written last: list_checkpoints only counts directories that have it.
-        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n", encoding="utf-8")
+        # Written last: list_checkpoints only counts directories that have it. It records every other
+        # file's size and sha256, so a damaged checkpoint is found on load, not mid-training.
+        state = {**trainer_state, "files": file_digests(tmp)}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     return Path(path)
 
 
@@ -140,10 +142,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(path / STATE_FILE, f"invalid JSON: {e.msg}", line=e.lineno) from None
-    return {
-        "model": torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True),
-        "optimizer": torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
-        "scheduler": torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True),
-        "rng": torch.load(path / RNG_FILE, map_location="cpu", weights_only=True),
-        "state": state,
-    }
+    if isinstance(state.get("files"), dict):  # checkpoints written before checksums have none
+        verify_digests(path, state.pop("files"), what="checkpoint")
+    return {"model": _load(path / MODEL_FILE), "optimizer": _load(path / OPTIMIZER_FILE),
+            "scheduler": _load(path / SCHEDULER_FILE), "rng": _load(path / RNG_FILE), "state": state}
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ... for damage
+        # Never pass torch's own advice on (retry with weights_only=False): that would run untrusted pickles.
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(path, f"corrupt or truncated checkpoint file ({first})") from None
+
+
+def load_latest_intact(output_dir: str | Path, log=None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, falling back past damaged ones (each reported through `log`);
+    None when there is none. All damaged: the newest one's error."""
+    found = list_checkpoints(output_dir)
+    first_error = None
+    for _, path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except InputError as e:
+            first_error = first_error or e
+            if log is not None:
+                log(f"checkpoint {path.name} is unusable ({e}); trying the one before it")
+    if first_error is not None:
+        raise first_error
+    return None

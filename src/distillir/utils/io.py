@@ -12,11 +12,50 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from distillir.errors import InputError
+
+
+def _temp_prefix(name: str) -> str:
+    # The writer's pid in the name lets a later run tell an abandoned temporary from one being written.
+    return f".{name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove what a killed writer of `path` left beside it: `.NAME.PID.*.tmp` files and directories whose
+    process is gone, and `.NAME.old` once NAME exists. Returns what was removed."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    removed = []
+    for child in parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = child.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            removed.append(child)
+    old = parent / f".{path.name}.old"
+    if old.exists() and path.exists():
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        removed.append(old)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
@@ -24,8 +63,11 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     """Open a temporary file beside `path`; on success rename it over `path`, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InputError(path, "is a directory; give a file name")
+    clean_stale_temporaries(path)
     binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
             yield f
@@ -39,11 +81,15 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temporary name; on success swap it into place (replacing an old one)."""
+def atomic_dir(path: str | Path, owned: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Build a directory under a temporary name; on success swap it into place. An existing `path` is
+    replaced only if it is a directory that is empty or, with `owned`, one `owned(path)` recognises as this
+    tool's (an index with its manifest, a saved model); anything else raises InputError before any work."""
     path = Path(path)
+    check_replaceable_dir(path, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -57,6 +103,62 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable_dir(path: Path, owned: Callable[[Path], bool] | None = None) -> None:
+    """Refuse a target directory that would destroy a user's files: an existing plain file, a path below
+    one, or (with `owned`) a non-empty directory this tool did not write."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"is below {parent}, which is a file"
+            raise InputError(path, f"{where}; refusing to replace it with a directory")
+        if parent.exists():
+            break
+    if owned is not None and path.is_dir() and any(path.iterdir()) and not owned(path):
+        raise InputError(path, "holds files distillir did not write; refusing to replace them (choose another "
+                               "output directory)")
+
+
+# ------------------------------------------------------------------------------------------ checksums
+
+DIGEST_CHUNK = 1 << 20
+
+
+def file_digests(directory: str | Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """{relative path: {"bytes", "sha256"}} of every file under `directory` (sorted), for a manifest."""
+    directory = Path(directory)
+    out = {}
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = f.relative_to(directory).as_posix()
+        if rel in skip:
+            continue
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while block := fh.read(DIGEST_CHUNK):
+                h.update(block)
+        out[rel] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def verify_digests(directory: str | Path, digests: dict[str, dict[str, Any]], what: str = "index") -> None:
+    """Raise InputError naming the first file of `directory` missing, resized or changed since `digests`."""
+    directory = Path(directory)
+    for rel, want in digests.items():
+        f = directory / rel
+        if not f.is_file():
+            raise InputError(f, f"missing from the {what} (its manifest lists it); rebuild the {what}")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise InputError(f, f"corrupt or truncated: {size} bytes, the {what}'s manifest records "
+                                f"{want['bytes']}; rebuild the {what}")
+    for rel, want in digests.items():
+        h = hashlib.sha256()
+        with open(directory / rel, "rb") as fh:
+            while block := fh.read(DIGEST_CHUNK):
+                h.update(block)
+        if h.hexdigest() != want["sha256"]:
+            raise InputError(directory / rel, f"corrupt: its checksum differs from the one the {what}'s manifest "
+                                              f"records; rebuild the {what}")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -42,7 +42,14 @@ def save_embeddings(path: Path, embeddings: Tensor, dtype: str = "float32") -> N
 def load_embeddings(path: Path) -> Tensor:
     if not path.is_file():
         raise InputError(path, "embeddings file missing from the index directory")
-    return torch.from_numpy(np.load(path).astype(np.float32, copy=False))
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise InputError(path, f"corrupt or truncated embeddings ({e}); rebuild the index") from None
+    if array.ndim != 2 or array.dtype.kind != "f":
+        raise InputError(path, f"corrupt embeddings: expected a 2-d float array, got shape {array.shape} of "
+                               f"{array.dtype}; rebuild the index")
+    return torch.from_numpy(array.astype(np.float32, copy=False))
 
 
 def topk_rows(scores: Tensor, k: int, row_offset: int = 0) -> tuple[Tensor, Tensor]:
