@@ -128,6 +128,22 @@ def test_resume_reaches_bit_identical_weights(tiny_bert_dir, tmp_path):
     assert len(read_log(tmp_path / "b")) == 6
 
 
+def test_resume_passes_over_a_damaged_newest_checkpoint(tiny_bert_dir, tmp_path, caplog):
+    a = bert_trainer(tiny_bert_dir, tmp_path / "a")
+    a.train()
+    with pytest.raises(KeyboardInterrupt):
+        bert_trainer(tiny_bert_dir, tmp_path / "b", callbacks=[KillAt(5)]).train()
+    model = tmp_path / "b" / "checkpoints" / "step-4" / "model.pt"
+    model.write_bytes(model.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    with caplog.at_level("WARNING", logger="distillir"):
+        summary = bert_trainer(tiny_bert_dir, tmp_path / "b", resume=True).train()
+    assert summary["resumed_from"].endswith("step-2") and summary["global_step"] == 6
+    assert "step-4 is unusable" in caplog.text and "resuming from step-2" in caplog.text
+    b = bert_trainer(tiny_bert_dir, tmp_path / "b", resume=True)
+    b.train()  # the finished run's step-6 restores
+    assert state_dicts_equal(a.model, b.model)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_checkpoints_the_current_step_and_resumes_exactly(tiny_bert_dir, tmp_path, signum):
     """Ctrl-C (or SIGTERM) at step 3 with no periodic checkpoint due: the step finishes, a checkpoint is written

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ def train(
     """Train with a recipe from a YAML config plus --set overrides."""
     import yaml
 
-    from distillir.errors import ConfigError
+    from distillir.errors import ConfigError, DistillirError
     from distillir.recipes import get_recipe
     from distillir.training.config import config_to_dict, load_config
 
@@ -48,8 +49,15 @@ def train(
     echo_err(f"{recipe}: output directory {getattr(cfg, 'output_dir', '?')}")
     from distillir.training.interrupt import TrainingInterrupted
 
+    out = Path(getattr(cfg, "output_dir", "") or ".")
+    fresh = not out.exists()
     try:
         result = recipe_cls().run(cfg)
+    except DistillirError:
+        # Bad input found before the run wrote anything but its config: leave no directory behind.
+        if fresh and out.is_dir() and {p.name for p in out.iterdir()} <= {"config.yaml"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     except TrainingInterrupted as e:
         again = ["distillir", "train", recipe, *(["--config", str(config)] if config else ["--defaults"]),
                  *[part for item in overrides or [] for part in ("--set", item)], "--resume"]

@@ -59,9 +59,9 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         path = _existing(path)
         data: dict[str, list[tuple[str, float]]] = {}
         seen = _PairTracker(path)
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                line = _decoded(raw, path, n).strip()
                 if not line:
                     continue
                 parts = line.split()
@@ -84,8 +84,9 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         path = _existing(path)
         data: dict[str, list[tuple[str, float]]] = {}
         first_line: dict[str, int] = {}
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                line = _decoded(raw, path, n)
                 if not line.strip():
                     continue
                 # Passages repeated within a line are rejected by the parser; across lines, by query id.
@@ -100,10 +101,10 @@ class Run(Mapping[str, list[tuple[str, float]]]):
     def read(cls, path: str | Path) -> Run:
         """Read a TREC run or a ctxs JSONL file, telling them apart by the first non-blank character."""
         path = _existing(path)
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    first = line.lstrip()[0]
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if raw.strip():
+                    first = _decoded(raw, path, n).lstrip()[0]
                     break
             else:
                 return cls(name=path.stem)  # empty file: an empty run
@@ -125,6 +126,13 @@ class Run(Mapping[str, list[tuple[str, float]]]):
 
 
 # --- reading helpers -------------------------------------------------------------------------------
+def _decoded(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(path, "invalid UTF-8; re-encode the file as UTF-8", line=line) from None
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():

@@ -71,6 +71,15 @@ def local_model_dir(name_or_path: str | os.PathLike) -> Path:
         raise InputError(name, f"model not found locally and could not be fetched from the hub ({e})") from None
 
 
+def model_dir(name_or_path: str | os.PathLike) -> Path:
+    """`local_model_dir`, checked to hold a model (a config.json, at the top or in query/ and passage/)."""
+    directory = local_model_dir(name_or_path)
+    if not any((directory / sub / "config.json").is_file() for sub in ("", "query")):
+        raise InputError(directory, "not a model directory: no config.json (give a Hugging Face model directory, "
+                                    "a hub id, or a model saved by distillir)")
+    return directory
+
+
 def _model_files(directory: Path) -> list[Path]:
     """The fingerprinted files of one model directory, including tower subdirectories (query/, passage/)."""
     files = []

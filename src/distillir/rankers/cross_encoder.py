@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import resolve_model
+from distillir.models import model_dir
 from distillir.rankers.base import Passage, Ranker
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
@@ -24,8 +24,9 @@ DEFAULT_QUERY_MAX_LENGTH = 64
 
 
 def _resolve(name_or_path: str | Path) -> str:
-    """A hub id or path as `from_pretrained` should load it (packaged copies stand in for hub ids)."""
-    return resolve_model(name_or_path)
+    """A hub id or path as `from_pretrained` should load it (packaged copies stand in for hub ids; a hub id
+    is fetched once), checked to hold a model."""
+    return str(model_dir(name_or_path))
 
 
 class CrossEncoder(nn.Module, Ranker):

@@ -5,8 +5,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 
 _configured = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (a redirected or captured stderr too),
+    not the stream that was current when logging was first configured."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -15,7 +32,7 @@ def get_logger(name: str) -> logging.Logger:
         level = os.environ.get("DISTILLIR_LOG", "INFO").upper()
         root = logging.getLogger("distillir")
         if not root.handlers:
-            handler = logging.StreamHandler()
+            handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
             root.addHandler(handler)
         root.setLevel(level)

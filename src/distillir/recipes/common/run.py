@@ -87,7 +87,12 @@ class Recipe(ABC):
         """
         out = Path(config.output_dir)
         saved_path = out / CONFIG_FILE
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output_dir {out} is a file; choose a directory")
         found = sorted(p.name for p in out.iterdir() if p.name != CONFIG_FILE) if out.is_dir() else []
+        if found and not saved_path.is_file():
+            raise ConfigError(f"output_dir {out} holds files that are not a distillir run ({found[0]}); choose "
+                              "another output_dir")
         if found and not config.resume:
             raise ConfigError(f"{out} already holds a run ({found[0]}); continue it with resume=true (distillir "
                               "train --resume), or choose another output_dir")

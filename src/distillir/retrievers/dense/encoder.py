@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import local_model_dir
+from distillir.models import model_dir
 from distillir.retrievers.dense.files import (
     ENCODER_FORMAT,
     PASSAGE_INPUT,
@@ -147,7 +147,7 @@ class BiEncoder(nn.Module):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        directory = local_model_dir(name_or_path)
+        directory = model_dir(name_or_path)
         saved = directory / SETTINGS_FILE
         settings = read_settings(directory, shared=shared, pooling=pooling, normalize=normalize, scale=scale,
                                  query_max_length=query_max_length, passage_max_length=passage_max_length)
