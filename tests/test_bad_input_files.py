@@ -237,3 +237,19 @@ def test_the_bad_input_suites_hold_at_least_100_kinds():
     kinds = len(CASES) + len(CONFIG_CASES) + len(LIBRARY_CASES) + 5 + 1 + 2
     assert kinds >= 100
     print(json.dumps({"bad_input_kinds": kinds}))
+
+
+def test_a_resumed_training_removes_the_checkpoint_a_killed_run_left_half_written(tmp_path):
+    from distillir.utils.io import clean_stale_temporaries_in
+
+    _checkpoints(tmp_path)
+    root = tmp_path / "checkpoints"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = root / f".step-6.{dead.stdout.strip()}.abc123.tmp"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.pt").write_bytes(b"x" * 100)
+    live = root / f".step-8.{os.getpid()}.def456.tmp"
+    live.mkdir()
+    assert clean_stale_temporaries_in(root) == [stale]
+    assert sorted(p.name for p in root.iterdir()) == [live.name, "step-2", "step-4"]
+

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from distillir.errors import InputError
-from distillir.utils.io import atomic_dir, file_digests, verify_digests
+from distillir.utils.io import atomic_dir, clean_stale_temporaries_in, file_digests, verify_digests
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.pt"
@@ -172,3 +172,19 @@ def load_latest_intact(output_dir: str | Path, log=None) -> tuple[Path, dict[str
     if first_error is not None:
         raise first_error
     return None
+
+
+def resume_point(output_dir: str | Path, resume: bool, main_process: bool, logger) -> tuple[Path | None, dict | None]:
+    """Where a (resumed) training run starts: first what a killed run left half-written goes (on the main
+    process), then, with `resume`, the newest intact checkpoint and its contents (None, None: step 0)."""
+    if main_process:
+        clean_stale_temporaries_in(Path(output_dir) / CHECKPOINTS)
+    found = load_latest_intact(output_dir, log=logger.warning) if resume else None
+    if found is None:
+        if resume:
+            logger.info("resume requested but %s has no checkpoint yet: starting from step 0", output_dir)
+        return None, None
+    if found[0] != latest_checkpoint(output_dir):
+        logger.warning("resuming from %s, the newest intact checkpoint", found[0].name)
+    return found
+

@@ -222,12 +222,7 @@ class Trainer:
         args, acc = self.args, self.accelerator
         set_seed(args.seed)
         self._plan()
-        found = ckpt.load_latest_intact(self.output_dir, log=logger.warning) if args.resume else None
-        resume_from, restored = found if found is not None else (None, None)
-        if args.resume and resume_from is None:
-            logger.info("resume requested but %s has no checkpoint yet: starting from step 0", self.output_dir)
-        elif resume_from is not None and resume_from != ckpt.latest_checkpoint(self.output_dir):
-            logger.warning("resuming from %s, the newest intact checkpoint", resume_from.name)
+        resume_from, restored = ckpt.resume_point(self.output_dir, args.resume, acc.is_main_process, logger)
         if restored is not None:
             try:
                 self.model.load_state_dict(restored["model"])

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +53,19 @@ def clean_stale_temporaries(path: str | Path) -> list[Path]:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         removed.append(old)
     return removed
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def clean_stale_temporaries_in(directory: str | Path) -> list[Path]:
+    """`clean_stale_temporaries` for every output a killed writer left a temporary of in `directory` (a
+    checkpoints folder, a run directory): what a resumed run removes before it writes anything."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    names = {m.group("name") for c in directory.iterdir() if (m := _TEMP_NAME.match(c.name))}
+    return [p for name in sorted(names) for p in clean_stale_temporaries(directory / name)]
 
 
 def glob_escape(name: str) -> str:
