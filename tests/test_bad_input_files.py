@@ -116,7 +116,27 @@ LIBRARY_CASES |= {
     "index-save-over-user-files": (lambda ws: (lambda: _bm25(ws).save(ws / "user")), ["user", "did not write"]),
     "index-save-over-a-file": (lambda ws: (lambda: _bm25(ws).save(ws / "user.txt")), ["user.txt", "is a file"]),
     "write-over-a-directory": (lambda ws: (lambda: _write_run(ws / "user")), ["user", "directory"]),
+    "model-save-over-user-files": (lambda ws: (lambda: _tiny_ranker(ws).save_pretrained(ws / "user")),
+                                   ["user", "did not write"]),
 }
+
+
+def _tiny_ranker(ws: Path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from distillir.rankers.cross_encoder import CrossEncoder
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=8, num_labels=1))
+    return CrossEncoder(model, _tokenizer())
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from distillir.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("sentence-transformers/all-MiniLM-L6-v2"))
 
 
 def _bm25(ws: Path):

@@ -71,10 +71,15 @@ def local_model_dir(name_or_path: str | os.PathLike) -> Path:
         raise InputError(name, f"model not found locally and could not be fetched from the hub ({e})") from None
 
 
+def is_model_dir(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds a saved model (what a model's save may replace)."""
+    return any((Path(directory) / sub / "config.json").is_file() for sub in ("", "query"))
+
+
 def model_dir(name_or_path: str | os.PathLike) -> Path:
     """`local_model_dir`, checked to hold a model (a config.json, at the top or in query/ and passage/)."""
     directory = local_model_dir(name_or_path)
-    if not any((directory / sub / "config.json").is_file() for sub in ("", "query")):
+    if not is_model_dir(directory):
         raise InputError(directory, "not a model directory: no config.json (give a Hugging Face model directory, "
                                     "a hub id, or a model saved by distillir)")
     return directory

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from distillir.errors import ConfigError
+from distillir.models import is_model_dir
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
 
@@ -146,7 +147,7 @@ class Seq2SeqLM(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a plain transformers model directory (+ tokenizer) and the settings file, atomically."""
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, owned=is_model_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / SETTINGS_FILE, {"format_version": 1, **self.settings()})

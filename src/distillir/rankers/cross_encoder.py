@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import model_dir
+from distillir.models import is_model_dir, model_dir
 from distillir.rankers.base import Passage, Ranker
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
@@ -120,7 +120,7 @@ class CrossEncoder(nn.Module, Ranker):
         """Write a plain transformers model directory (AutoModelForSequenceClassification loads it) plus
         distillir's settings, atomically: a reader never sees half a model."""
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, owned=is_model_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / SETTINGS_FILE, self.settings())
