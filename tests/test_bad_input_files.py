@@ -254,7 +254,7 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(kind, tmp_path):
 def test_the_bad_input_suites_hold_at_least_100_kinds():
     from test_bad_input_cli import CASES
 
-    kinds = len(CASES) + len(CONFIG_CASES) + len(LIBRARY_CASES) + 5 + 1 + 2
+    kinds = len(CASES) + len(CONFIG_CASES) + len(LIBRARY_CASES) + 5 + 1 + 2 + 1  # + the checkpoint and writer tests
     assert kinds >= 100
     print(json.dumps({"bad_input_kinds": kinds}))
 
