@@ -116,6 +116,9 @@ LIBRARY_CASES |= {
     "index-save-over-user-files": (lambda ws: (lambda: _bm25(ws).save(ws / "user")), ["user", "did not write"]),
     "index-save-over-a-file": (lambda ws: (lambda: _bm25(ws).save(ws / "user.txt")), ["user.txt", "is a file"]),
     "write-over-a-directory": (lambda ws: (lambda: _write_run(ws / "user")), ["user", "directory"]),
+    "model-weights-altered": (lambda ws: _altered_ranker(ws), ["model.safetensors", "checksum"]),
+    "model-manifest-corrupt": (lambda ws: _altered_ranker(ws, "distillir_manifest.json"),
+                               ["distillir_manifest.json", "corrupt"]),
     "model-save-over-user-files": (lambda ws: (lambda: _tiny_ranker(ws).save_pretrained(ws / "user")),
                                    ["user", "did not write"]),
 }
@@ -129,6 +132,17 @@ def _tiny_ranker(ws: Path):
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=8, num_labels=1))
     return CrossEncoder(model, _tokenizer())
+
+
+def _altered_ranker(ws: Path, name: str = "model.safetensors"):
+    from distillir.rankers.cross_encoder import CrossEncoder
+
+    _tiny_ranker(ws).save_pretrained(ws / "ce")
+    path = ws / "ce" / name
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # one byte near the end: a tensor's value, or the manifest's closing brace
+    path.write_bytes(bytes(data))
+    return lambda: CrossEncoder.from_pretrained(ws / "ce")
 
 
 def _tokenizer():

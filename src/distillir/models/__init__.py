@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillir.errors import ConfigError, InputError
-from distillir.utils.io import fingerprint_files
+from distillir.utils.io import file_digests, fingerprint_files, verify_digests
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -71,6 +71,27 @@ def local_model_dir(name_or_path: str | os.PathLike) -> Path:
         raise InputError(name, f"model not found locally and could not be fetched from the hub ({e})") from None
 
 
+MODEL_MANIFEST = "distillir_manifest.json"
+
+
+def write_model_manifest(directory: Path) -> None:
+    """Record the size and sha256 of every file of a model being saved (its card excepted: users edit it)."""
+    (Path(directory) / MODEL_MANIFEST).write_text(json.dumps(
+        {"format_version": 1, "files": file_digests(directory, skip=("README.md",))}, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_model_manifest(directory: Path) -> None:
+    """A model saved by distillir must still be what was saved; models from elsewhere have no manifest."""
+    path = Path(directory) / MODEL_MANIFEST
+    if not path.is_file():
+        return
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(path, "corrupt manifest; delete it to load the model unchecked") from None
+    verify_digests(directory, files, what="model (delete distillir_manifest.json if you changed it on purpose)")
+
+
 def is_model_dir(directory: str | os.PathLike) -> bool:
     """Whether `directory` holds a saved model (what a model's save may replace)."""
     return any((Path(directory) / sub / "config.json").is_file() for sub in ("", "query"))
@@ -82,6 +103,7 @@ def model_dir(name_or_path: str | os.PathLike) -> Path:
     if not is_model_dir(directory):
         raise InputError(directory, "not a model directory: no config.json (give a Hugging Face model directory, "
                                     "a hub id, or a model saved by distillir)")
+    verify_model_manifest(directory)
     return directory
 
 

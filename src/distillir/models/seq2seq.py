@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from distillir.errors import ConfigError
-from distillir.models import is_model_dir
+from distillir.models import is_model_dir, write_model_manifest
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
 
@@ -151,6 +151,7 @@ class Seq2SeqLM(nn.Module):
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / SETTINGS_FILE, {"format_version": 1, **self.settings()})
+            write_model_manifest(tmp)
         return Path(path)
 
     @property

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import is_model_dir, model_dir
+from distillir.models import is_model_dir, model_dir, write_model_manifest
 from distillir.rankers.base import Passage, Ranker
 from distillir.utils.io import atomic_dir, write_json
 from distillir.utils.log import get_logger, transformers_quiet
@@ -124,6 +124,7 @@ class CrossEncoder(nn.Module, Ranker):
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             write_json(tmp / SETTINGS_FILE, self.settings())
+            write_model_manifest(tmp)
         return directory
 
     def settings(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillir.errors import ConfigError, InputError
-from distillir.models import is_model_dir, model_dir
+from distillir.models import is_model_dir, model_dir, write_model_manifest
 from distillir.retrievers.dense.files import (
     ENCODER_FORMAT,
     PASSAGE_INPUT,
@@ -179,6 +179,7 @@ class BiEncoder(nn.Module):
         directory = Path(directory)
         with atomic_dir(directory, owned=is_model_dir) as tmp:
             self.write_files(tmp)
+            write_model_manifest(tmp)
         self._mark_on_disk(directory)
         if self.name_or_path is None:
             self.name_or_path = str(directory)
