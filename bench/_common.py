@@ -152,9 +152,29 @@ def check_summary(name: str, data: dict) -> None:
             raise ValueError(f"{name}.json: summary[{i}] ({row['system']}): non-numeric metrics {', '.join(bad)}")
 
 
+def summary_plots(name: str, data: dict, max_systems: int = 12) -> list[Path]:
+    """Recall against k of the summary rows, one PNG per dataset (results/plots/NAME-DATASET.png); none
+    without matplotlib or cut-off metrics. At most `max_systems` lines each (the table's first rows)."""
+    from distillir.evaluation.plots import plot_recall_at_k, plotting_available
+
+    if not plotting_available():
+        return []
+    made = []
+    for dataset in dict.fromkeys(r["dataset"] for r in data["summary"]):
+        rows = [r for r in data["summary"] if r["dataset"] == dataset][:max_systems]
+        path = plot_recall_at_k(rows, RESULTS_DIR / "plots" / f"{name}-{dataset}.png")
+        if path is not None:
+            made.append(path)
+    return made
+
+
 def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     check_summary(name, data)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    plots = summary_plots(name, data)
+    if plots:
+        markdown = markdown.rstrip() + "\n\n## Recall against k (summary rows)\n\n" + "\n\n".join(
+            f"![{p.stem}](plots/{p.name})" for p in plots) + "\n"
     json_path = RESULTS_DIR / f"{name}.json"
     md_path = RESULTS_DIR / f"{name}.md"
     tmp = json_path.with_suffix(".json.tmp")

@@ -80,7 +80,8 @@ class Bench:
         rows = []
         for source, found in (self.res.get("knows") or {}).get("lists", {}).items():
             for teacher, hits in found["teachers"].items():
-                rows.append({"system": f"{self.args.label} {teacher} ({source} lists)", "dataset": "squad-open",
+                label = self.res.get("label") or self.args.label  # the run's, not this re-render's default
+                rows.append({"system": f"{label} {teacher} ({source} lists)", "dataset": "squad-open",
                              "split": "train", "labels_used": False,
                              "metrics": {"hit@1": hits["teacher_hit@1"], "MRR": hits["teacher_mrr"]}})
             rows.append({"system": f"{source} order", "dataset": "squad-open", "split": "train",

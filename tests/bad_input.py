@@ -44,6 +44,10 @@ def write_workspace(ws: Path, tiny_bert_dir: str | None = None) -> None:
     (ws / "nogold.jsonl").write_text(jsonl({"id": q, "question": t, "answers": a} for q, t, a, _ in QUERIES))
     (ws / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t, _, _ in QUERIES))
     (ws / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{g}\t1\n" for q, _, _, g in QUERIES))
+    (ws / "mini" / "qrels").mkdir(parents=True)  # a BEIR-layout dataset directory
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (ws / "mini" / name).write_text((ws / name).read_text())
+    (ws / "mini" / "qrels" / "test.tsv").write_text((ws / "qrels.tsv").read_text())
     runner = CliRunner()
 
     def cli(*args):

@@ -115,7 +115,7 @@ QUERY_CASES = [
     Case("queries-empty-file", _search("q.jsonl"), ["q.jsonl", "no queries"], write("q.jsonl", "")),
     Case("queries-utf16", _search("q.jsonl"), ["q.jsonl", "utf-16"], write("q.jsonl", '{"_id": "q1", "text": "a"}\n'.encode("utf-16"))),
     Case("queries-invalid-utf8", _search("q.tsv"), ["q.tsv", "line 1", "utf-8"], write("q.tsv", b"q1\tcaf\xe9?\n")),
-    Case("queries-unknown-split", _search("scifact:nosuchsplit"), ["nosuchsplit"]),
+    Case("queries-unknown-split", _search("mini:nosuchsplit"), ["nosuchsplit", "test"]),
     Case("queries-none-in-qrels", _search("queries.jsonl", "--qrels", "q.tsv"), ["queries.jsonl", "no query shared", "q.tsv"],
          write("q.tsv", "query-id\tcorpus-id\tscore\nzz\tp1\t1\n")),
 ]

@@ -212,6 +212,8 @@ def test_demo_writes_its_report_and_runs(tmp_path, tiny_bert_dir, monkeypatch):
     assert f"report: {out / 'report.md'}" in printed
     report = (out / "report.md").read_text()
     assert "BM25" in report and "hybrid (RRF)" in report and "distillir demo --dataset" in report
+    assert "![Recall against k](plots/recall_at_k.png)" in report
+    assert (out / "plots" / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rows"][0]["retriever"] == "BM25" and "nDCG@10" in metrics["rows"][0]
     assert all((out / f"{name}.trec").read_text() for name in ("bm25", "dense", "hybrid"))

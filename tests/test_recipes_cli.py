@@ -58,3 +58,7 @@ def test_distillir_train_runs_the_recipe_as_python_does(smoke, name):
     assert module.scrub(printed, str(base)) == module.scrub(json.loads(json.dumps(api, default=str)), str(base))
     cli_weights, api_weights = module.weight_hashes(cli_out), module.weight_hashes(api_out)
     assert cli_weights and cli_weights == api_weights
+    # Every run ends with its report (printed last), its training curves plotted.
+    assert result.stderr.rstrip().splitlines()[-1] == f"report: {cli_out / 'report.md'}"
+    assert (cli_out / "report.md").read_text().startswith(f"# {name} run: ")
+    assert (cli_out / "plots" / "training.png").read_bytes()[:4] == b"\x89PNG"

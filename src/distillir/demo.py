@@ -74,9 +74,20 @@ def run_demo(
                 run.write_trec(tmp / f"{name}.trec", tag=name)
             write_json(tmp / "metrics.json", {"dataset": dataset, "split": split, "model": model, "dtype": dtype,
                                               "top_k": top_k, "rows": rows})
+            plot = _recall_plot(rows, tmp / "plots" / "recall_at_k.png")
             (tmp / "report.md").write_text(
-                f"# distillir demo: {dataset}\n\n{table}\n\nReproduce: `distillir demo --dataset {dataset} --split "
+                f"# distillir demo: {dataset}\n\n{table}\n\n" + (f"![Recall against k](plots/{plot.name})\n\n" if plot else "")
+                + f"Reproduce: `distillir demo --dataset {dataset} --split "
                 f"{split} --model {model}" + (f" --max-queries {max_queries}" if max_queries else "") + "`\n",
                 encoding="utf-8")
         log.info("wrote %s (report.md, metrics.json, bm25/dense/hybrid.trec)", out)
     return table
+
+
+def _recall_plot(rows: list[dict], path: Path) -> Path | None:
+    """Recall against k for the three retrievers (None without matplotlib)."""
+    from distillir.evaluation.plots import plot_recall_at_k, plotting_available
+
+    if not plotting_available():
+        return None
+    return plot_recall_at_k([{"system": r["retriever"], "metrics": r} for r in rows], path)

@@ -64,6 +64,20 @@ def train(
         echo_err(f"interrupted ({e}); resume with:\n  {' '.join(shlex.quote(a) for a in again)}")
         raise typer.Exit(130) from None
     typer.echo(json.dumps(result, indent=2, default=str))
+    if result.get("report"):
+        echo_err(f"report: {result['report']}")
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (a recipe's output_dir).")],
+) -> None:
+    """Render a run's report again: report.md with the evaluated systems side by side, and plots/*.png."""
+    from distillir.errors import InputError
+    from distillir.evaluation.run_report import render_run_report
+
+    if not (run_dir / "config.yaml").is_file():
+        raise InputError(run_dir, "not a run directory (no config.yaml); give a recipe's output_dir")
+    typer.echo(f"report: {render_run_report(run_dir)}")
 
 
 def recipes() -> None:

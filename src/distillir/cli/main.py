@@ -315,9 +315,10 @@ def mine(
     typer.echo(f"wrote {len(examples)} training lists to {out}", err=True)
 
 
-from distillir.cli.jobs import demo, recipes, train  # registered after the data commands: --help order
+from distillir.cli.jobs import demo, recipes, report, train  # registered after the data commands: --help order
 
 app.command()(train)
+app.command()(report)
 app.command()(recipes)
 app.command()(demo)
 

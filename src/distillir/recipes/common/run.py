@@ -107,8 +107,13 @@ class Recipe(ABC):
         return out
 
     def write_results(self, output_dir: Path, results: dict[str, Any]) -> None:
+        """results.json, then the run's report (report.md and plots/, from the files the run wrote)."""
         if process_state().is_main_process:
+            from distillir.evaluation.run_report import REPORT_FILE, render_run_report
+
+            results["report"] = str(Path(output_dir) / REPORT_FILE)
             write_json(output_dir / RESULTS_FILE, results)
+            render_run_report(output_dir)
 
 
 def seed_everything(seed: int) -> None:
