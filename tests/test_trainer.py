@@ -325,7 +325,7 @@ def test_torchrun_two_processes_keep_weights_in_sync(tiny_bert_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), tiny_bert_dir, str(out), str(Path(__file__).parent)],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )

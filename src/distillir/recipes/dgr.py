@@ -42,7 +42,7 @@ from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
 from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, torch_device
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
 from distillir.teachers.scores import TeacherScores, read_teacher_scores
@@ -319,7 +319,7 @@ class DGRRecipe(Recipe):
         trainer = Trainer(student.seq2seq, args, examples, DGRCollator(student, s.list_size),
                           loss_fn=DGRStep(student, s), callbacks=self.callbacks)
         summary = trainer.train()
-        student.save_pretrained(out / FINAL_DIR)
+        save_on_main((student, out / FINAL_DIR))
         return {"train": summary, "lists": n_lists, "indexing_examples": len(examples) - n_lists}
 
     def _evaluate(self, config: DGRConfig, out: Path) -> dict[str, Any]:

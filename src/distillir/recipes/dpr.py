@@ -98,7 +98,8 @@ class DPRRecipe(Recipe):
             baseline = evaluate_dense(encoder, config.eval, seed=config.seed)
 
         temperature = config.temperature or (0.05 if encoder.settings.normalize else 1.0)
-        loss = ContrastiveLoss(similarity=encoder.similarity, temperature=temperature)
+        loss = ContrastiveLoss(similarity=encoder.similarity, temperature=temperature,
+                               cross_device=config.trainer.cross_device_negatives)
 
         def dpr_loss(model, batch):
             q = model.encode_query(batch["query"])

@@ -49,7 +49,7 @@ from distillir.recipes.common.reading import (
     reader_teacher,
     torch_device,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
@@ -341,7 +341,7 @@ class FiDKDRecipe(Recipe):
         trainer = Trainer(reader, args, examples, collate, loss_fn=reader_loss,
                           callbacks=[CollatorRNGCallback(collate), *self.callbacks])
         summary = trainer.train()
-        reader.save_pretrained(d / FINAL_DIR)
+        save_on_main((reader, d / FINAL_DIR))
         self._models["reader"] = (d / FINAL_DIR, reader)
         return {"train": summary, "examples": len(examples), "warm_start": str(warm) if warm else None,
                 "final": str(d / FINAL_DIR)}

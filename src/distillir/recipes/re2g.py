@@ -50,7 +50,16 @@ from distillir.recipes.common.reading import (
     load_eval_split,
     qa_training_split,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, read_json
+from distillir.recipes.common.run import (
+    FINAL_DIR,
+    METRICS_FILE,
+    STAGES_DIR,
+    Recipe,
+    RunConfig,
+    Stages,
+    read_json,
+    save_on_main,
+)
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.encoder import BiEncoder, encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
@@ -349,9 +358,7 @@ class Re2GRecipe(Recipe):
                           callbacks=[CollatorRNGCallback(collate), *self.callbacks])
         summary = trainer.train()
         final = out / FINAL_DIR
-        encoder.save_pretrained(final / "query_encoder")
-        ranker.save_pretrained(final / "ranker")
-        generator.save_pretrained(final / "generator")
+        save_on_main((encoder, final / "query_encoder"), (ranker, final / "ranker"), (generator, final / "generator"))
         return {"train": summary, "lists": len(lists), "scale": scale}
 
     def _evaluate(self, config: Re2GConfig, out: Path) -> dict[str, Any]:

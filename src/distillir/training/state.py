@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distillir.utils.dist import process_state
 from distillir.utils.io import atomic_write
 
 if TYPE_CHECKING:  # annotations only: the Trainer imports this module
@@ -63,23 +64,6 @@ def resolve_mixed_precision(value: str) -> str:
     if value == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     return value
-
-
-def _has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)  # torch >= 2.6 knows CUDA, MPS, XPU, ... in one place
-    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
-
-
-def process_state(cpu: bool = False):
-    """Accelerate's process state, set up the way the Trainer sets it up (gloo on CPU under torchrun).
-
-    Recipes that ask "am I the main process?" before building a Trainer must use this: the first caller
-    fixes the state for the whole process, and a plain `PartialState()` on a CPU machine under torchrun
-    would settle on a single process.
-    """
-    from accelerate import PartialState  # accelerate's import costs ~1.7 s: only when asked
-
-    return PartialState(cpu=cpu or not _has_accelerator())
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:

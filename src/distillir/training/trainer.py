@@ -37,13 +37,13 @@ from distillir.training.state import (
     LossOutput,
     TrainerCallback,
     TrainerState,
-    _has_accelerator,
     epoch_permutation,
     linear_schedule,
     resolve_mixed_precision,
     split_loss,
     trim_log,
 )
+from distillir.utils.dist import _has_accelerator
 from distillir.utils.io import append_jsonl
 from distillir.utils.log import get_logger
 

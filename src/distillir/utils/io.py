@@ -144,14 +144,18 @@ def file_digests(directory: str | Path, skip: tuple[str, ...] = ()) -> dict[str,
     out = {}
     for f in sorted(p for p in directory.rglob("*") if p.is_file()):
         rel = f.relative_to(directory).as_posix()
-        if rel in skip:
-            continue
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            while block := fh.read(DIGEST_CHUNK):
-                h.update(block)
-        out[rel] = {"bytes": f.stat().st_size, "sha256": h.hexdigest()}
+        if rel not in skip:
+            out[rel] = file_digest(f)
     return out
+
+
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """{"bytes", "sha256"} of one file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(DIGEST_CHUNK):
+            h.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
 
 
 def verify_digests(directory: str | Path, digests: dict[str, dict[str, Any]], what: str = "index") -> None:
@@ -166,11 +170,7 @@ def verify_digests(directory: str | Path, digests: dict[str, dict[str, Any]], wh
             raise InputError(f, f"corrupt or truncated: {size} bytes, the {what}'s manifest records "
                                 f"{want['bytes']}; rebuild the {what}")
     for rel, want in digests.items():
-        h = hashlib.sha256()
-        with open(directory / rel, "rb") as fh:
-            while block := fh.read(DIGEST_CHUNK):
-                h.update(block)
-        if h.hexdigest() != want["sha256"]:
+        if file_digest(directory / rel)["sha256"] != want["sha256"]:
             raise InputError(directory / rel, f"corrupt: its checksum differs from the one the {what}'s manifest "
                                               f"records; rebuild the {what}")
 

@@ -25,7 +25,7 @@ from distillir.losses import InBatchListLoss, KLDivergenceLoss, MaxMarginDistill
 from distillir.models import local_model_dir
 from distillir.recipes.common.config import EncodeConfig, StudentConfig
 from distillir.recipes.common.reading import collapse_check, evaluate_retrieval
-from distillir.recipes.common.run import FINAL_DIR, read_json
+from distillir.recipes.common.run import FINAL_DIR, read_json, save_on_main
 from distillir.retrievers.dense.encoder import SETTINGS_FILE, BiEncoder
 from distillir.retrievers.dense.inference import encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
@@ -302,7 +302,7 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
                              "in-batch negatives": cfg.in_batch_negatives, "random negatives": cfg.random_negatives,
                              "passage tower": "trained" if cfg.train_passages else "frozen (the start model's)",
                              "relevance labels": "none"}
-    student.save_pretrained(output_dir / FINAL_DIR)
+    save_on_main((student, output_dir / FINAL_DIR))
     after = None
     if before:
         after = teacher_agreement(student, sample, corpus, temperature=cfg.temperature,
@@ -321,7 +321,7 @@ def reindex(student, corpus, round_dir: Path, encode: EncodeConfig, *, eval_ds=N
     start = time.perf_counter()
     dense = DenseRetriever.build(corpus, student, batch_size=encode.batch_size, dtype=encode.dtype, cache=cache)
     embed_s = time.perf_counter() - start
-    dense.save(round_dir / "index")
+    save_on_main((dense, round_dir / "index"))
     info: dict[str, Any] = {"index": str(round_dir / "index"), "passages": len(corpus), "embed_s": round(embed_s, 3),
                             "dtype": encode.dtype}
     if eval_ds is not None:

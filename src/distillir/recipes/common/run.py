@@ -101,9 +101,12 @@ class Recipe(ABC):
             changed = [k for k in config_diff(saved, config_to_dict(config)) if k != "resume"]
             if changed:
                 logger.warning("resuming %s with changed settings: %s", out, ", ".join(changed))
-        if process_state().is_main_process:
+        state = process_state()
+        state.wait_for_everyone()  # every process has looked at the directory before the main one writes to it
+        if state.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, saved_path)
+        state.wait_for_everyone()
         return out
 
     def write_results(self, output_dir: Path, results: dict[str, Any]) -> None:
@@ -172,6 +175,16 @@ def read_phase_summary(phase_dir: Path) -> dict[str, Any] | None:
     return read_json(Path(phase_dir) / PHASE_SUMMARY_FILE)
 
 
+def save_on_main(*saves: tuple[Any, Path]) -> None:
+    """Save each (model or index, directory) on the main process only, then wait for the others: under
+    torchrun every process holds the same trained weights, and N processes replacing one directory race."""
+    state = process_state()
+    if state.is_main_process:
+        for thing, path in saves:
+            (thing.save_pretrained if hasattr(thing, "save_pretrained") else thing.save)(path)
+    state.wait_for_everyone()
+
+
 def finish_phase(model, phase_dir: Path, summary: dict[str, Any], trainer) -> None:
     """Save a phase's model to final/ and its summary beside it (main process), then wait for the others."""
     if trainer.is_main_process:
@@ -186,5 +199,20 @@ def saved_baseline(path: Path, resume: bool, key: str = "baseline"):
     return None if saved is None else saved.get(key)
 
 
-__all__ = ["FINAL_DIR", "METRICS_FILE", "PHASE_SUMMARY_FILE", "RESULTS_FILE", "STAGES_DIR", "Recipe", "RunConfig", "Stages",
-           "finish_phase", "phase_done", "read_json", "read_phase_summary", "saved_baseline", "seed_everything"]
+__all__ = [
+    "FINAL_DIR",
+    "METRICS_FILE",
+    "PHASE_SUMMARY_FILE",
+    "RESULTS_FILE",
+    "STAGES_DIR",
+    "Recipe",
+    "RunConfig",
+    "Stages",
+    "finish_phase",
+    "phase_done",
+    "read_json",
+    "read_phase_summary",
+    "save_on_main",
+    "saved_baseline",
+    "seed_everything",
+]

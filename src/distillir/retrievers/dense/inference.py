@@ -36,9 +36,11 @@ def encode_features(
     quantize: str | None = None,
     show_progress: bool | None = None,
     desc: str = "texts",
+    shard: tuple[int, int] | None = None,
 ) -> Tensor:
     """Encode `features` with `tower` (one of the encoder's) in length-sorted batches under inference_mode; rows
-    come back in input order.
+    come back in input order. `shard=(rank, world)` encodes only the batches `batch_plan` gives that rank (the
+    other rows stay zero): the same batches as one process would run, so the same embeddings.
 
     Moves the encoder to `device` (auto: cuda when available) and leaves it there. `dtype` bfloat16 or
     float16 runs the towers under autocast (float16 on GPU only); `quantize="int8"` encodes with an
@@ -61,25 +63,31 @@ def encode_features(
         encoder.to(dev)
     model = quantized_copy(encoder, tower) if quantize else tower
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "float32" else contextlib.nullcontext()
-    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    plan = batch_plan(features, batch_size, *(shard or (0, 1)))
     # Allocated outside inference_mode so callers get an ordinary tensor they may modify.
-    out = torch.empty((len(features), int(tower.config.hidden_size)), dtype=torch.float32)
+    out = torch.zeros((len(features), int(tower.config.hidden_size)), dtype=torch.float32)
     was_training = encoder.training
     encoder.eval()
-    batches = range(0, len(order), batch_size)
+    batches = plan
     if show_progress or (show_progress is None and len(features) >= 2048):  # None: a bar when it takes a while
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"encoding {desc}", unit="batch")
     try:
         with torch.inference_mode(), autocast:
-            for start in batches:
-                rows = order[start : start + batch_size]
+            for rows in batches:
                 emb = encoder._embed(model, encoder._collate([features[i] for i in rows]))
                 out[torch.tensor(rows)] = emb.float().cpu()
     finally:
         encoder.train(was_training)
     return out
+
+def batch_plan(features: list[dict[str, list[int]]], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """The rows of each batch, longest first (little padding), and of those every `world`-th from `rank`."""
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    return batches[rank::world]
+
 
 def quantized_copy(encoder: BiEncoder, tower: nn.Module) -> nn.Module:
     """An int8 dynamic-quantized copy of the tower, rebuilt only when its weights changed."""
@@ -114,11 +122,13 @@ def encode_corpus_cached(
     quantize: str | None = None,
     show_progress: bool | None = None,
     directory: str | Path | None = None,
+    all_processes: bool = False,
 ) -> Tensor:
     """`encoder.encode_corpus(corpus)`, reused from `cache_dir()/embeddings` when already computed.
 
     The file name joins the corpus fingerprint and the passage tower's weights+settings key, so a
-    changed corpus, model, setting or precision never reads a stale file.
+    changed corpus, model, setting or precision never reads a stale file. `all_processes=True` under torchrun
+    (every process makes this call): each process encodes its share (`distillir.retrievers.dense.sharded`).
     """
     directory = Path(directory) if directory is not None else cache_dir() / "embeddings"
     path = directory / f"{corpus.fingerprint()}-{encoder.passage_embedding_key(dtype, quantize)}.npy"
@@ -131,6 +141,15 @@ def encode_corpus_cached(
             logger.info("corpus embeddings: %d passages reused from the cache (%s, %.0f MB)", len(corpus), path,
                         path.stat().st_size / 2**20)
             return torch.from_numpy(np.ascontiguousarray(cached, dtype=np.float32))
+    from distillir.utils.dist import launched_processes
+
+    if all_processes and launched_processes() > 1:  # under torchrun: every process encodes its share
+        from distillir.retrievers.dense.sharded import encode_corpus_sharded
+
+        logger.info("corpus embeddings: encoding %d passages across %d processes (%s; at %s)", len(corpus),
+                    launched_processes(), dtype, path)
+        return encode_corpus_sharded(encoder, corpus, path, batch_size, device=device, dtype=dtype,
+                                     quantize=quantize, show_progress=show_progress)
     logger.info("corpus embeddings: encoding %d passages (%s; cached afterwards at %s)", len(corpus), dtype, path)
     embeddings = encoder.encode_corpus(corpus, batch_size, device=device, dtype=dtype, quantize=quantize,
                                        show_progress=show_progress)
