@@ -197,3 +197,38 @@ def test_one_recipe_per_family_runs_end_to_end_under_two_processes(tiny_bert_dir
         assert r0 == r1 and r0 != "{}", name  # both processes trained on the same lists
         results = json.loads((out / name / "results.json").read_text())  # evaluated once, by the main process
         assert (results.get("metrics") or results.get("final_metrics")) and (out / name / "report.md").is_file(), name
+
+
+SCORING = """
+import sys, json
+import torch.distributed
+from distillir.teachers.across_processes import score_across_processes
+from distillir.teachers.scores import TeacherScores
+from distillir.utils.dist import process_state
+state = process_state()
+examples = [{"id": f"q{i}", "question": f"question {i}", "answers": [str(i)],
+             "ctxs": [{"id": f"p{j}", "text": "x" * (i * j + 1)} for j in range(3)]} for i in range(7)]
+seen = []
+
+def score(part):
+    seen.extend(ex["id"] for ex in part)
+    out = TeacherScores("length")
+    for ex in part:
+        out.add(ex["id"], [c["id"] for c in ex["ctxs"]], [float(len(c["text"])) for c in ex["ctxs"]],
+                query=ex["question"], answers=ex["answers"])
+    return out
+
+scores = score_across_processes(score, examples)
+json.dump({"seen": seen, "rows": [[q, *scores[q]] for q in scores], "teacher": scores.teacher,
+           "answers": scores.answers}, open(f"{sys.argv[1]}/rank{state.process_index}.json", "w"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_teacher_scoring_shared_out_equals_one_process(tmp_path):
+    torchrun(tmp_path, SCORING, tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["seen"] == ["q0", "q2", "q4", "q6"] and r1["seen"] == ["q1", "q3", "q5"]  # each scored its share
+    want = [[f"q{i}", [f"p{j}" for j in range(3)], [float(i * j + 1) for j in range(3)]] for i in range(7)]
+    assert r0["rows"] == r1["rows"] == want  # every process has all of them, in the lists' order
+    assert r0["teacher"] == "length" and r0["answers"]["q3"] == ["3"]

@@ -46,7 +46,7 @@ from distillir.recipes.common.reading import (
     qa_training_split,
     read_answers,
     reader_loss,
-    reader_teacher,
+    score_lists,
     torch_device,
 )
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
@@ -54,7 +54,6 @@ from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
 from distillir.teachers.answers import answer_match_scores
-from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import read_teacher_scores
 from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
@@ -359,18 +358,9 @@ class FiDKDRecipe(Recipe):
 
     def _score(self, config: FiDKDConfig, rd: Path) -> dict[str, Any]:
         reader = self._reader(config, rd / "reader" / FINAL_DIR)
-        examples = load_fid_examples(rd / "retrieve" / "train.jsonl")
-        scores = reader_teacher(reader, examples, config.reader, config.teacher.aggregation, config.n_passages,
-                                layers=config.teacher.layers)
-        scores.write(rd / "teacher" / SCORES_FILE)
-        hits = answer_hits(scores, examples)
-        if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:
-            logger.warning("%s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's "
-                           "own first passage in %.1f%%: this teacher knows less than the retriever it teaches "
-                           "(train the reader longer, or use another aggregation)", rd.name,
-                           100 * hits["teacher_hit@1"], 100 * hits["retriever_hit@1"])
-        return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE),
-                "answer_hits": hits}
+        return score_lists(reader, load_fid_examples(rd / "retrieve" / "train.jsonl"), config.reader,
+                           config.teacher.aggregation, config.n_passages, rd / "teacher" / SCORES_FILE,
+                           layers=config.teacher.layers, label=rd.name)
 
     def _answer_teacher(self, rd: Path) -> dict[str, Any]:
         scores = answer_match_scores(load_fid_examples(rd / "retrieve" / "train.jsonl"))

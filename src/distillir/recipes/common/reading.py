@@ -22,6 +22,8 @@ from distillir.models import resolve_model
 from distillir.readers.fid import FiDReader
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.run import seed_everything
+from distillir.teachers.across_processes import score_across_processes
+from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import score_with_reader
 from distillir.training.state import TrainerCallback
 from distillir.utils.io import write_json
@@ -196,6 +198,23 @@ def reader_teacher(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregat
                          batch_size=cfg.batch_size, dtype=cfg.inference_dtype)
 
 
+def score_lists(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation: str, n_passages: int,
+                path: Path, *, layers=None, label: str = "") -> dict[str, Any]:
+    """A teacher stage: `reader_teacher` over the lists (under torchrun each process scores its share), the
+    scores written to `path`, and what the teacher knows (`answer_hits`), warned about when it knows less
+    than the retriever that built the lists."""
+    scores = score_across_processes(
+        lambda part: reader_teacher(reader, part, cfg, aggregation, n_passages, layers=layers), examples)
+    scores.write(path)
+    hits = answer_hits(scores, examples)
+    if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:
+        logger.warning("%s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's own "
+                       "first passage in %.1f%%: this teacher knows less than the retriever it teaches (train "
+                       "the reader longer, or use another aggregation)", label, 100 * hits["teacher_hit@1"],
+                       100 * hits["retriever_hit@1"])
+    return {"teacher": scores.teacher, "questions": len(scores), "file": str(path), "answer_hits": hits}
+
+
 def read_answers(reader, examples: Sequence[dict], cfg: ReaderConfig, n_passages: int) -> dict[str, str]:
     """{question id: answer} from either reader (a causal LM reads its first `lm.read_passages` joined)."""
     if cfg.kind == "causal-lm":
@@ -221,6 +240,7 @@ __all__ = [
     "read_answers",
     "reader_loss",
     "reader_teacher",
+    "score_lists",
     "score_teacher",
     "torch_device",
 ]
