@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # Shown in this order; a missing file is skipped (its benchmark has not been run here).
-SECTIONS = ["retrieval_quality", "speed", "distill_student", "lm_teacher", "lm_teacher_gemma", "fid_kd", "cotraining_scifact", "cotraining_squad_open", "fid_kd_gpu"]
+SECTIONS = ["retrieval_quality", "speed", "distill_student", "lm_teacher", "lm_teacher_gemma", "fid_kd", "cotraining_scifact", "cotraining_squad_open", "fid_kd_gpu", "scaling"]
 START, END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 
 
@@ -25,8 +25,9 @@ def main() -> None:
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"README.md lacks the {START} / {END} markers")
-    parts = [demote((RESULTS / f"{name}.md").read_text(encoding="utf-8")).strip() for name in SECTIONS
-             if (RESULTS / f"{name}.md").is_file()]
+    # Images are linked from bench/results/; from the README they sit below it.
+    parts = [demote((RESULTS / f"{name}.md").read_text(encoding="utf-8")).strip().replace("](plots/", "](bench/results/plots/")
+             for name in SECTIONS if (RESULTS / f"{name}.md").is_file()]
     body = "\n\n".join(parts)
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)

@@ -232,3 +232,19 @@ def test_teacher_scoring_shared_out_equals_one_process(tmp_path):
     want = [[f"q{i}", [f"p{j}" for j in range(3)], [float(i * j + 1) for j in range(3)]] for i in range(7)]
     assert r0["rows"] == r1["rows"] == want  # every process has all of them, in the lists' order
     assert r0["teacher"] == "length" and r0["answers"]["q3"] == ["3"]
+
+
+@pytest.mark.parametrize("name", ["ar2", "cross-encoder", "dgr", "dpr", "fid-kd", "re2g", "rocketqa-v2"])
+def test_every_recipe_has_a_gpu_config_stating_its_global_batch(name):
+    from distillir.recipes import RECIPES, get_recipe
+    from distillir.training.config import load_config
+
+    assert name in RECIPES
+    path = HERE.parent / "configs" / f"{name}-gpu.yaml"
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "Global batch = per_device_batch_size x gradient_accumulation_steps x processes" in header
+    assert "torchrun --nproc_per_node" in header and f"train {name} --config configs/{name}-gpu.yaml" in header
+    config = load_config(get_recipe(name).Config, path)
+    if name == "dpr":  # the paper's 128 questions per step over 8 GPUs, negatives shared across them
+        t = config.trainer
+        assert t.per_device_batch_size * t.gradient_accumulation_steps * 8 == 128 and t.cross_device_negatives
