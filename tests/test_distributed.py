@@ -248,3 +248,50 @@ def test_every_recipe_has_a_gpu_config_stating_its_global_batch(name):
     if name == "dpr":  # the paper's 128 questions per step over 8 GPUs, negatives shared across them
         t = config.trainer
         assert t.per_device_batch_size * t.gradient_accumulation_steps * 8 == 128 and t.cross_device_negatives
+
+
+LIST_LOSS = """
+import sys, torch
+import torch.distributed as dist
+from distillir.data.types import Corpus
+from distillir.losses.in_batch_list import InBatchListLoss
+from distillir.losses.kl_divergence import KLDivergenceLoss
+from distillir.recipes.common.distill import ListCollator, ListDistillLoss, ListExample
+from distillir.retrievers.dense.encoder import BiEncoder
+from distillir.utils.dist import process_state
+torch.set_num_threads(1)
+state = process_state()
+rank, world = state.process_index, state.num_processes
+encoder = BiEncoder.from_pretrained(sys.argv[1], passage_max_length=16, query_max_length=16).eval()  # no dropout
+corpus = Corpus([f"p{i}" for i in range(12)], [f"passage number {i} about topic {i % 3}" for i in range(12)],
+                [""] * 12)
+# Lists of unequal lengths (3 and 2 passages): padding and masks must line up across processes.
+lists = [ListExample(f"q{i}", f"question {i} on topic {i % 3}", [f"p{(3 * i + j) % 12}" for j in range(3 - i % 2)],
+                     [float(j) for j in range(3 - i % 2)]) for i in range(4)]
+collate = ListCollator(encoder, corpus)
+
+def run(examples, cross_device):
+    encoder.zero_grad()
+    loss = ListDistillLoss(KLDivergenceLoss(), InBatchListLoss(), cross_device)(encoder, collate(examples))
+    loss.backward()
+    return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in encoder.parameters()]
+
+want_loss, want = run(lists, False)  # one process, the global batch of 4 lists
+loss, got = run(lists[2 * rank: 2 * rank + 2], True)
+dist.all_reduce(loss)
+for g in got:
+    dist.all_reduce(g)
+assert torch.allclose(loss / world, want_loss, atol=1e-5), (loss / world, want_loss)
+# float32 sums in another order: equal to ~1e-6 of the gradient's size
+worst = max(float((g / world - w).abs().max()) for g, w in zip(got, want))
+scale = max(float(w.abs().max()) for w in want)
+assert worst <= 1e-5 * scale, (worst, scale)
+local_loss, _ = run(lists[2 * rank: 2 * rank + 2], False)
+assert not torch.allclose(local_loss, loss / world)  # the other process's lists do change the loss
+print("ok", rank)
+dist.destroy_process_group()
+"""
+
+
+def test_cross_device_list_negatives_equal_one_process_with_the_global_batch(tiny_bert_dir, tmp_path):
+    assert torchrun(tmp_path, LIST_LOSS, tiny_bert_dir).stdout.count("ok") == 2

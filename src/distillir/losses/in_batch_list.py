@@ -23,10 +23,11 @@ from torch import Tensor, nn
 class InBatchListLoss(nn.Module):
     """-log P_S(own list) over every passage in the batch, averaged over questions.
 
-    Inputs: `cross_scores` (B, B, n): question b's scores for the passages of list c (c = b: its own list);
-    `mask` (B, n): True = a real passage of list c; `own_mask` (B, n, default `mask`): the entries of its own
-    list a question should keep its mass on (not those at teacher probability 0, e.g. random negatives, which
-    count with the rest of the batch). Questions whose own list is empty are skipped.
+    Inputs: `cross_scores` (B, C, n): question b's scores for the passages of list c (c = offset + b: its own
+    list; C = B in one process, the global batch's lists with cross-device negatives); `mask` (C, n): True = a
+    real passage of list c; `own_mask` (B, n, default the own lists' `mask`): the entries of its own list a
+    question should keep its mass on (not those at teacher probability 0, e.g. random negatives, which count
+    with the rest of the batch). Questions whose own list is empty are skipped.
     """
 
     def __init__(self, temperature: float = 1.0):
@@ -35,16 +36,18 @@ class InBatchListLoss(nn.Module):
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, cross_scores: Tensor, mask: Tensor, own_mask: Tensor | None = None) -> Tensor:
+    def forward(self, cross_scores: Tensor, mask: Tensor, own_mask: Tensor | None = None, offset: int = 0) -> Tensor:
         b, c, n = cross_scores.shape
-        if b != c or mask.shape != (c, n):
-            raise ValueError(f"cross scores {tuple(cross_scores.shape)} must be (B, B, n) with a (B, n) mask, "
-                             f"got mask {tuple(mask.shape)}")
+        if c < offset + b or mask.shape != (c, n):
+            raise ValueError(f"cross scores {tuple(cross_scores.shape)} must be (B, C >= offset + B, n) with a "
+                             f"(C, n) mask, got mask {tuple(mask.shape)} and offset {offset}")
         scores = cross_scores.float() / self.temperature
         low = torch.finfo(scores.dtype).min
         everything = scores.masked_fill(~mask.unsqueeze(0), low).reshape(b, c * n)
-        own_mask = mask if own_mask is None else own_mask & mask
-        own = torch.diagonal(scores, dim1=0, dim2=1).transpose(0, 1).masked_fill(~own_mask, low)  # (B, n)
+        rows = torch.arange(b, device=scores.device)
+        mine = mask[offset : offset + b]
+        own_mask = mine if own_mask is None else own_mask & mine
+        own = scores[rows, rows + offset].masked_fill(~own_mask, low)  # (B, n)
         per_query = torch.logsumexp(everything, dim=-1) - torch.logsumexp(own, dim=-1)
         valid = own_mask.any(dim=-1)
         if not bool(valid.any()):

@@ -35,8 +35,9 @@ class TrainConfig:
     # Multi-process only: tolerate parameters a step leaves without gradient (a BERT pooler the loss never
     # reads, the idle model of an AR2 phase). False saves a graph walk per step when every parameter is used.
     ddp_find_unused_parameters: bool = True
-    # Multi-process only: contrastive losses take every process's passages as negatives (gathered with
-    # gradients), so N processes x batch B train as one process with batch N x B.
+    # Multi-process only: the contrastive loss (DPR) takes every process's passages as negatives, list
+    # distillation's in-batch negatives every process's lists (gathered with gradients), so N processes x
+    # batch B train as one process with batch N x B.
     cross_device_negatives: bool = False
     cpu: bool = False  # train on CPU even when a GPU is there
 

@@ -31,6 +31,7 @@ from distillir.retrievers.dense.inference import encode_corpus_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
+from distillir.utils.dist import distributed_world, gather_with_grad
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
@@ -182,17 +183,50 @@ class ListDistillLoss:
     """Trainer `loss_fn`: loss(S, T, mask) over each question's own list, plus, given `in_batch` (an
     `InBatchListLoss`), the other lists of the batch as negatives."""
 
-    def __init__(self, loss, in_batch=None):
+    def __init__(self, loss, in_batch=None, cross_device: bool = False):
         self.loss = loss
         self.in_batch = in_batch
+        self.cross_device = cross_device  # the other processes' lists are negatives too (under torchrun)
 
     def __call__(self, model, batch):
         if self.in_batch is None:
             return self.loss(student_list_scores(model, batch), batch["teacher"], batch["mask"])
-        cross = student_list_scores(model, batch, cross=True)
-        own = torch.diagonal(cross, dim1=0, dim2=1).transpose(0, 1)
+        if self.cross_device and distributed_world() > 1:
+            cross, mask, offset = cross_device_list_scores(model, batch)
+        else:
+            cross, mask, offset = student_list_scores(model, batch, cross=True), batch["mask"], 0
+        n = batch["mask"].shape[1]
+        rows = torch.arange(cross.shape[0], device=cross.device)
+        own = cross[rows, rows + offset][:, :n]
         known = torch.isfinite(batch["teacher"])  # random negatives (teacher -inf) count as the batch's
-        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, batch["mask"], known)
+        known = torch.nn.functional.pad(known, (0, cross.shape[2] - n))
+        return self.loss(own, batch["teacher"], batch["mask"]) + self.in_batch(cross, mask, known, offset)
+
+
+def cross_device_list_scores(encoder, batch: dict[str, Any]):
+    """(B, C, n_max) scores of this process's questions with every process's lists (gathered with gradients,
+    padded to the longest list), their (C, n_max) mask, and the row of this process's first list."""
+    import torch.distributed as dist
+
+    q = encoder.encode_query(batch["query"])
+    if "passage_embeddings" in batch:
+        p = batch["passage_embeddings"].to(q.device)
+    else:
+        p = encoder.encode_passage(batch["passage"]).view(q.shape[0], -1, q.shape[-1])
+    world, (b, n, d), dev = dist.get_world_size(), p.shape, q.device  # NCCL gathers device tensors only
+    shapes = [torch.zeros(2, dtype=torch.long, device=dev) for _ in range(world)]
+    dist.all_gather(shapes, torch.tensor([b, n], device=dev))  # lists and list lengths may differ by process
+    width = int(max(int(s[1]) for s in shapes))
+    p = torch.nn.functional.pad(p, (0, 0, 0, width - n)).reshape(b * width, d)
+    gathered, first = gather_with_grad(p)
+    most = int(max(int(s[0]) for s in shapes))
+    mask = torch.nn.functional.pad(batch["mask"].to(device=dev, dtype=torch.uint8), (0, width - n, 0, most - b))
+    masks = [torch.zeros_like(mask) for _ in range(world)]
+    dist.all_gather(masks, mask)
+    masks = [m[: int(s[0])] for m, s in zip(masks, shapes)]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        cross = torch.einsum("bd,cnd->bcn", q.float(), gathered.view(-1, width, d).float()) * encoder.settings.scale
+    return cross, torch.cat(masks).bool().to(q.device), first // width
 
 
 def _ranks(values):
@@ -295,7 +329,7 @@ def train_student(cfg: StudentConfig, examples: Sequence[ListExample], corpus, o
     in_batch = InBatchListLoss(cfg.temperature) if cfg.in_batch_negatives else None
     args = TrainingArguments.from_config(cfg.trainer, output_dir=output_dir, seed=seed, resume=resume)
     trainer = Trainer(student, args, examples, ListCollator(student, corpus, passage_embeddings, cfg.random_negatives),
-                      loss_fn=ListDistillLoss(loss, in_batch), callbacks=callbacks)
+                      loss_fn=ListDistillLoss(loss, in_batch, cfg.trainer.cross_device_negatives), callbacks=callbacks)
     summary = trainer.train()
     student.card_training = {"method": "list distillation (distillir.recipes.common.distill)", "lists": len(examples),
                              "steps": summary.get("global_step"), "loss": cfg.loss,
