@@ -232,3 +232,32 @@ def test_a_causal_lm_that_does_not_load_fails_before_any_round(fidkd_env, tiny_b
         FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out, "reader.kind=causal-lm",
                                         "reader.model=package:no-such-model-package", "teacher.aggregation=pdist"))
     assert not (out / "round-1").exists()
+
+
+def test_a_ranker_teaches_the_retriever_with_its_scores_of_each_list(fidkd_env, tiny_bert_dir, tmp_path):
+    """teacher_scores: ranker -- a cross-encoder scores every (question, passage) of each round's lists and the
+    student is distilled on those scores through the same path as every other teacher; no reader."""
+    from distillir.rankers.cross_encoder import CrossEncoder
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.teachers import read_teacher_scores
+
+    _, data = fidkd_env
+    CrossEncoder.from_pretrained(tiny_bert_dir, max_length=48).save_pretrained(tmp_path / "ce")
+    ranker = CrossEncoder.from_pretrained(tmp_path / "ce").eval()
+    out = tmp_path / "ranker"
+    results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out, "teacher_scores=ranker",
+                                              f"teacher.ranker={tmp_path / 'ce'}", "teacher.ranker_max_length=48"))
+    assert len(results["rounds"]) == 2 and results["final_reader"] is None
+    for k in (1, 2):
+        rd = out / f"round-{k}"
+        assert not (rd / "reader").exists()
+        record = results["rounds"][k - 1]["teacher"]
+        assert record["teacher"] == f"ranker:{tmp_path / 'ce'}" and "answer_hits" in record
+        scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
+        ex = load_fid_examples(rd / "retrieve" / "train.jsonl")[0]
+        pids, values = scores[str(ex["id"])]
+        want = ranker.score_pairs([ex["question"]] * len(ex["ctxs"]), [(c["title"], c["text"]) for c in ex["ctxs"]])
+        assert pids == [c["id"] for c in ex["ctxs"]] and values == pytest.approx(want, abs=1e-5)
+        assert results["rounds"][k - 1]["retriever"]["lists"] > 0
+    with pytest.raises(ConfigError, match="teacher.ranker"):
+        load_config(FiDKDConfig, None, ["teacher_scores=ranker"])

@@ -16,8 +16,8 @@ Round k (`output_dir/round-k/`), each stage resumable on its own:
 Every stage writes atomically, then its marker `stages/<stage>.json`: a resumed run skips finished stages.
 
 `teacher_scores: PATH` distils from a score file made elsewhere (one round); `teacher_scores: answers` is the
-answer-string teacher (1 if a candidate holds an answer; DPR's distant supervision), iterating without a
-reader. No relevance labels are read for training: the training split is reduced to question ids, texts and
+answer-string teacher (1 if a candidate holds an answer; DPR's distant supervision) and `teacher_scores: ranker`
+a cross-encoder's scores of each list (`teacher.ranker`: any hub id or path), both iterating without a reader. No relevance labels are read for training: the training split is reduced to question ids, texts and
 answers (`question_likelihood`: questions only). Gold passages are used only to evaluate.
 """
 
@@ -42,6 +42,7 @@ from distillir.recipes.common.reading import (
     check_reader_teacher,
     evaluate_retrieval,
     free_accelerator_memory,
+    list_teacher,
     load_eval_split,
     qa_training_split,
     read_answers,
@@ -53,7 +54,6 @@ from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Re
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
-from distillir.teachers.answers import answer_match_scores
 from distillir.teachers.scores import read_teacher_scores
 from distillir.training.arguments import TrainingArguments
 from distillir.training.trainer import Trainer
@@ -63,6 +63,8 @@ from distillir.utils.log import get_logger
 logger = get_logger(__name__)
 
 ANSWERS = "answers"  # teacher_scores: the answer-string teacher
+RANKER = "ranker"  # teacher_scores: a cross-encoder's scores (teacher.ranker)
+MODEL_FREE = (ANSWERS, RANKER)  # teachers that need no reader and iterate over rounds
 STAGES = ("retrieve", "reader", "reader_eval", "teacher", "retriever", "index")
 StageHook = Callable[[int, str, dict], None]  # (round, stage, record)
 SCORES_FILE = "scores.jsonl"
@@ -101,6 +103,8 @@ class FiDKDTeacher:
     scale: float = 5.0
     # Leave out lists whose teacher scores are all equal (no signal; an answer teacher's list without an answer).
     skip_uniform: bool = True
+    ranker: str | None = None  # teacher_scores: ranker -- the cross-encoder (hub id or path) scoring each list
+    ranker_max_length: int = 256
 
     def __post_init__(self) -> None:
         if self.scale <= 0:
@@ -122,7 +126,7 @@ class FiDKDConfig(RunConfig):
     candidates: Literal["union", "retriever"] = "union"
     rounds: int = 2
     n_passages: int = 10  # passages per question read by the reader and distilled into the retriever
-    teacher_scores: str | None = None  # a score file (reader stages skipped; one round), or "answers"
+    teacher_scores: str | None = None  # a score file (reader stages skipped; one round), "answers" or "ranker"
     # A round that the label-free check (`common.guard.round_verdict`: collapse -- one passage first for most
     # questions -- or a rising KL to the teacher on held-out lists) finds worse than the retriever it started
     # from: "keep" goes on with that earlier retriever (the next round retrieves with it and the result reports
@@ -139,7 +143,9 @@ class FiDKDConfig(RunConfig):
             raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
         if self.n_passages < 1:
             raise ConfigError(f"n_passages must be at least 1, got {self.n_passages}")
-        if self.teacher_scores not in (None, ANSWERS) and self.rounds != 1:
+        if self.teacher_scores == RANKER and not self.teacher.ranker:
+            raise ConfigError("teacher_scores: ranker needs teacher.ranker (a cross-encoder: hub id or path)")
+        if self.teacher_scores not in (None, *MODEL_FREE) and self.rounds != 1:
             raise ConfigError("teacher_scores gives the scores of one round; set rounds: 1 (later rounds need the "
                               "reader to score the new retriever's passages)")
         if self.max_train_queries is not None and self.max_train_queries < 1:
@@ -239,8 +245,10 @@ class FiDKDRecipe(Recipe):
         stages = Stages(rd / STAGES_DIR, f"round {k}", hook)
         record: dict[str, Any] = {"round": k}
         record["retrieve"] = stages.run("retrieve", lambda: self._retrieve(config, out, rd, k))
-        if config.teacher_scores == ANSWERS:
-            record["teacher"] = stages.run("teacher", lambda: self._answer_teacher(rd))
+        if config.teacher_scores in MODEL_FREE:
+            record["teacher"] = stages.run("teacher", lambda: list_teacher(
+                config.teacher_scores, load_fid_examples(rd / "retrieve" / "train.jsonl"), rd / "teacher" / SCORES_FILE,
+                ranker=config.teacher.ranker, ranker_max_length=config.teacher.ranker_max_length))
         if self.lm:  # used as it is: no reader training
             if config.eval is not None and config.eval.reader:
                 record["reader_eval"] = stages.run("reader_eval", lambda: self._evaluate_reader(config, rd))
@@ -268,7 +276,7 @@ class FiDKDRecipe(Recipe):
         """The current retriever's top-n for the training questions and top-k for the eval questions."""
         d = rd / "retrieve"
         n = config.n_passages
-        needs_train = config.teacher_scores in (None, ANSWERS)
+        needs_train = config.teacher_scores in (None, *MODEL_FREE)
         # Round 1's eval retrieval: the start retriever's metrics, and the eval questions' passages for the reader.
         needs_eval = self.eval_ds is not None and (
             k > 1 or config.eval.start_retriever or (config.teacher_scores is None and config.eval.reader))
@@ -362,15 +370,9 @@ class FiDKDRecipe(Recipe):
                            config.teacher.aggregation, config.n_passages, rd / "teacher" / SCORES_FILE,
                            layers=config.teacher.layers, label=rd.name)
 
-    def _answer_teacher(self, rd: Path) -> dict[str, Any]:
-        scores = answer_match_scores(load_fid_examples(rd / "retrieve" / "train.jsonl"))
-        scores.write(rd / "teacher" / SCORES_FILE)
-        return {"teacher": scores.teacher, "questions": len(scores), "file": str(rd / "teacher" / SCORES_FILE),
-                "with_an_answer": sum(1 for q in scores if max(scores[q][1], default=0) > 0)}
-
     def _train_retriever(self, config: FiDKDConfig, out: Path, rd: Path, k: int) -> dict[str, Any]:
         cfg = config.retriever
-        given = config.teacher_scores not in (None, ANSWERS)
+        given = config.teacher_scores not in (None, *MODEL_FREE)
         source = Path(config.teacher_scores) if given else rd / "teacher" / SCORES_FILE
         scores = read_teacher_scores(source, corpus=self.corpus)
         examples = list_examples(scores, self.train_queries, self.corpus, source, normalize=config.teacher.normalize,

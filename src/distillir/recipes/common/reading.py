@@ -23,6 +23,7 @@ from distillir.readers.fid import FiDReader
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.run import seed_everything
 from distillir.teachers.across_processes import score_across_processes
+from distillir.teachers.answers import answer_match_scores
 from distillir.teachers.quality import answer_hits
 from distillir.teachers.scores import score_with_reader
 from distillir.training.state import TrainerCallback
@@ -215,6 +216,28 @@ def score_lists(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation
     return {"teacher": scores.teacher, "questions": len(scores), "file": str(path), "answer_hits": hits}
 
 
+def list_teacher(kind: str, examples: Sequence[dict], path: Path, *, ranker: str | None = None,
+                 ranker_max_length: int = 256, batch_size: int = 64) -> dict[str, Any]:
+    """A teacher stage without a reader: "answers" (1 where a passage holds an answer string) or "ranker" (a
+    cross-encoder's logits; under torchrun each process scores its share), written to `path`, with what it
+    knows about the lists (`answer_hits`) where they have answers."""
+    if kind == "answers":
+        scores = answer_match_scores(examples)
+    else:
+        from distillir.rankers.cross_encoder import CrossEncoder
+        from distillir.teachers.ranker import ranker_scores
+
+        model = CrossEncoder.from_pretrained(ranker, max_length=ranker_max_length).eval()
+        scores = score_across_processes(lambda part: ranker_scores(model, part, batch_size, name=str(ranker)),
+                                        examples)
+    scores.write(path)
+    record = {"teacher": scores.teacher, "questions": len(scores), "file": str(path),
+              "with_an_answer": sum(1 for q in scores if max(scores[q][1], default=0) > 0) if kind == "answers" else None}
+    if kind != "answers" and any(ex.get("answers") for ex in examples):
+        record["answer_hits"] = answer_hits(scores, examples)
+    return record
+
+
 def read_answers(reader, examples: Sequence[dict], cfg: ReaderConfig, n_passages: int) -> dict[str, str]:
     """{question id: answer} from either reader (a causal LM reads its first `lm.read_passages` joined)."""
     if cfg.kind == "causal-lm":
@@ -234,6 +257,7 @@ __all__ = [
     "evaluate_retrieval",
     "free_accelerator_memory",
     "inference_autocast",
+    "list_teacher",
     "load_eval_split",
     "qa_queries",
     "qa_training_split",
