@@ -194,3 +194,36 @@ def test_on_plateau_flags_a_loss_near_uniform_scores():
     assert on_plateau(2.0866, 8)  # ln 8 = 2.079: the shipped RocketQAv2 warm-up's end on SciFact
     assert on_plateau(0.96 * math.log(8), 8) and not on_plateau(0.94 * math.log(8), 8)
     assert not on_plateau(1.09, 8) and not on_plateau(None, 8)
+
+
+def test_answer_positives_train_a_ranker_from_question_answer_pairs_alone(tiny_bert_dir, tmp_path, monkeypatch):
+    """positives: answer -- distant supervision: the best-ranked BM25 passage holding an answer string is the
+    positive, answer-bearing passages are never negatives; the split needs no gold ids or qrels."""
+    from distillir.data.answers import has_answer
+    from distillir.data.loaders import load_corpus, load_queries
+    from distillir.data.toy import write_toy_qa
+    from distillir.errors import InputError
+    from distillir.retrievers.bm25 import BM25Retriever
+
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    data = write_toy_qa(tmp_path / "qa")  # training questions with answers, no gold passage ids
+    sets = [f"model={tiny_bert_dir}", f"data.dataset={data}", "max_length=48", "list_size=3", "negatives.mined=4",
+            "trainer.per_device_batch_size=2", "trainer.max_steps=2"]
+    with pytest.raises(InputError, match="no qrels and no gold passage ids"):
+        CrossEncoderRecipe().run(load_config(CrossEncoderConfig, None, [*sets, f"output_dir={tmp_path / 'gold'}"]))
+    out = tmp_path / "answer"
+    results = CrossEncoderRecipe().run(load_config(CrossEncoderConfig, None, [*sets, f"output_dir={out}",
+                                                                              "positives=answer"]))
+    assert results["positives"] == "answer" and results["train"]["global_step"] == 2
+    corpus, queries = load_corpus(data), load_queries(data / "train.jsonl")
+    run = BM25Retriever.build(corpus).search(queries, top_k=100)
+    text = dict(zip(corpus.ids, corpus.texts))
+    answers = dict(zip(queries.ids, queries.answers))
+    lists = [json.loads(line) for line in (out / "train_lists.jsonl").read_text().splitlines()]
+    assert lists
+    for row in lists:
+        first = next(p for p, _ in run[row["qid"]] if has_answer(answers[row["qid"]], text[p]))
+        assert row["positives"] == [first]
+        assert not any(has_answer(answers[row["qid"]], text[p]) for p in row["negatives"])
+    with pytest.raises(Exception, match="exclude_answers"):
+        load_config(CrossEncoderConfig, None, ["positives=answer", "negatives.exclude_answers=false"])

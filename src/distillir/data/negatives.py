@@ -61,6 +61,24 @@ def positives_from_dataset(dataset: Dataset, min_relevance: int = 1) -> dict[str
     return positives
 
 
+def answer_positives(run: Mapping[str, list[tuple[str, float]]], queries: Queries, corpus: Corpus,
+                     depth: int = 100, per_query: int = 1) -> dict[str, set[str]]:
+    """Distant supervision from question-answer pairs alone (DPR, Karpukhin et al. 2020, §5.2): each query's
+    `per_query` best-ranked passages of `run`'s top-`depth` that contain one of its answer strings. Queries
+    without an answer, or without such a passage, are left out. No relevance label is read."""
+    from distillir.data.answers import has_answer
+
+    out: dict[str, set[str]] = {}
+    for qid, answers in zip(queries.ids, queries.answers):
+        if not answers:
+            continue
+        found = [pid for pid, _ in run.get(qid, [])[:depth]
+                 if has_answer(answers, corpus.texts[corpus.index_of[pid]])][:per_query]
+        if found:
+            out[qid] = set(found)
+    return out
+
+
 def mine_negatives(
     run: Mapping[str, list[tuple[str, float]]],
     queries: Queries,

@@ -7,7 +7,8 @@ cross-entropy over a list of one positive followed by mined hard negatives,
 
     L = - log softmax(s_ce(q, [p+, n_1 .. n_k]))[p+]
 
-Steps: load the training split (positives from its qrels, else its gold passage ids) -> BM25 (or a given
+Steps: load the training split (positives from its qrels, else its gold passage ids; `positives: answer`: the
+first stage's best-ranked passage holding an answer string, no labels read) -> BM25 (or a given
 run) over its corpus -> mine negatives from the top-N, excluding positives and answer-containing passages
 -> write `train_lists.jsonl` -> train -> save `final/` (`CrossEncoder.from_pretrained` and
 `distillir rerank --model` load it) -> optionally re-rank the eval split's first-stage top-k and report the
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from distillir.errors import ConfigError
 from distillir.models import DEFAULT_ENCODER
@@ -58,6 +59,9 @@ class CrossEncoderConfig(RunConfig):
     query_max_length: int | None = None  # None: 64, or half of max_length if less
     list_size: int = 8  # one positive and list_size - 1 negatives per query in each step
     head_learning_rate: float | None = None  # the classifier head's peak rate (None: trainer.learning_rate)
+    # gold: the split's qrels or gold passage ids (supervised); answer: each question's best-ranked passage of the
+    # negatives' source that holds an answer string (distant supervision from QA pairs; no relevance labels).
+    positives: Literal["gold", "answer"] = "gold"
     data: TrainSplit = field(default_factory=TrainSplit)
     negatives: RankerNegatives = field(default_factory=RankerNegatives)
     trainer: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-5, warmup_ratio=0.1))
@@ -65,6 +69,9 @@ class CrossEncoderConfig(RunConfig):
 
     def __post_init__(self) -> None:
         check_list_size(self.list_size)
+        if self.positives == "answer" and not self.negatives.exclude_answers:
+            raise ConfigError("positives: answer needs negatives.exclude_answers: true (an answer-bearing passage "
+                              "would be a positive in one list and a negative in another)")
         check_head_learning_rate(self.head_learning_rate)
 
 
@@ -89,6 +96,7 @@ class CrossEncoderRecipe(Recipe):
             seed=config.seed,
             resume=config.resume,
             require_negatives=True,
+            positives=config.positives,
         )
         ranker = CrossEncoder.from_pretrained(config.model, max_length=config.max_length,
                                               query_max_length=config.query_max_length)
@@ -107,6 +115,7 @@ class CrossEncoderRecipe(Recipe):
             "output_dir": str(out),
             "final_model": str(final),
             "train_examples": len(examples),
+            "positives": config.positives,
             "train": summary,
             "metrics": metrics,
         }

@@ -12,6 +12,7 @@ from typing import Any
 
 from distillir.data.negatives import (
     TrainingExample,
+    answer_positives,
     build_examples,
     mine_negatives,
     positives_from_dataset,
@@ -51,11 +52,12 @@ def keep_with_negatives(examples: list[TrainingExample], what: str) -> list[Trai
 
 
 def mined_training_lists(dataset: Any, lists_path: Path, first_stage: Callable, negatives: Any, *, seed: int,
-                         resume: bool, require_negatives: bool = False) -> list[TrainingExample]:
-    """Training lists for a supervised recipe: each query's positives (qrels or gold ids) and negatives mined
-    from `first_stage(queries)`'s run (`negatives`: mined, depth, exclude_answers, sample), or, when
-    `negatives.lists` names a file (e.g. from `distillir mine`), that file's lists as given (checked against the
-    corpus; the run directory keeps a copy)."""
+                         resume: bool, require_negatives: bool = False, positives: str = "gold") -> list[TrainingExample]:
+    """Training lists for a ranker or retriever: each query's positives and negatives mined from
+    `first_stage(queries)`'s run (`negatives`: mined, depth, exclude_answers, sample), or, when `negatives.lists`
+    names a file (e.g. from `distillir mine`), that file's lists as given (checked against the corpus; the run
+    directory keeps a copy). `positives`: "gold" (qrels or gold ids) or "answer" (the first-stage's best
+    answer-bearing passage: distant supervision, no relevance labels read)."""
 
     def build() -> list[TrainingExample]:
         given = getattr(negatives, "lists", None)
@@ -67,17 +69,22 @@ def mined_training_lists(dataset: Any, lists_path: Path, first_stage: Callable, 
                 examples = keep_with_negatives(examples, f"lists in {given}")
             logger.info("using %d training lists from %s", len(examples), given)
             return examples
-        positives = positives_from_dataset(dataset)
-        queries = dataset.queries.subset([q for q in dataset.queries.ids if q in positives])
+        if positives == "answer":
+            run = first_stage(dataset.queries)
+            found = answer_positives(run, dataset.queries, dataset.corpus, depth=negatives.depth)
+        else:
+            found = positives_from_dataset(dataset)
+        queries = dataset.queries.subset([q for q in dataset.queries.ids if q in found])
         if len(queries) < len(dataset.queries):
-            logger.warning("%d training queries have no positive passage and are left out",
-                           len(dataset.queries) - len(queries))
+            logger.warning("%d training queries have no positive passage%s and are left out",
+                           len(dataset.queries) - len(queries),
+                           " (no answer-bearing passage in the first stage's top ranks)" if positives == "answer" else "")
         mined = mine_negatives(
-            first_stage(queries), queries, dataset.corpus, positives, n=negatives.mined,
+            run if positives == "answer" else first_stage(queries), queries, dataset.corpus, found, n=negatives.mined,
             rank_range=(0, negatives.depth), exclude_answers=negatives.exclude_answers,
             sample=negatives.sample, seed=seed,
         )
-        examples = build_examples(queries, positives, mined)
+        examples = build_examples(queries, found, mined)
         return keep_with_negatives(examples, "training queries") if require_negatives else examples
 
     return read_or_build_lists(lists_path, dataset.corpus, resume, build)
