@@ -204,7 +204,7 @@ def rerank(
     check_run(the_run, run, passages)
     qs = resolve_queries(queries, ids=set(the_run), of=f"the run {run}")
     ranker = CrossEncoder.from_pretrained(model)
-    reranked = ranker.rerank(the_run, qs, passages, top_k=top_k, batch_size=batch_size)
+    reranked = ranker.rerank(the_run, qs, passages, top_k=top_k, batch_size=batch_size, show_progress=True)
     if out.suffix == ".jsonl":
         reranked.write_jsonl(out, qs, passages)
     else:

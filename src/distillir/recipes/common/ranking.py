@@ -196,7 +196,9 @@ def rerank_run(ranker, run, dataset, top_k: int, batch_size: int = 64):
     The tail gets scores below every re-ranked score, so metrics deeper than k (R@100 after re-ranking the
     top 20) still count the first stage's tail instead of treating it as missing.
     """
-    head = ranker.rerank(run, dataset.queries, dataset.corpus, top_k=top_k, batch_size=batch_size)
+    pairs = sum(min(len(hits), top_k) for hits in run.values())
+    head = ranker.rerank(run, dataset.queries, dataset.corpus, top_k=top_k, batch_size=batch_size,
+                         show_progress=pairs >= 2048)  # a bar when it takes a while
     merged = Run(name=f"{run.name}.reranked")
     for qid, hits in run.items():
         top = head.get(qid, [])
