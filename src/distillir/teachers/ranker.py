@@ -12,10 +12,12 @@ from distillir.teachers.scores import TeacherScores
 
 
 def ranker_scores(ranker: Any, examples: Sequence[dict[str, Any]], batch_size: int = 64, name: str = "cross-encoder",
-                  show_progress: bool = False) -> TeacherScores:
+                  show_progress: bool | None = None) -> TeacherScores:
     """Teacher scores for reader examples (the ctxs layout: id, question, answers, ctxs): the ranker's logits,
-    all pairs of all lists scored in one length-bucketed pass."""
+    all pairs of all lists scored in one length-bucketed pass (a progress bar from 2,048 pairs, unless told)."""
     pairs = [(ex, c) for ex in examples for c in ex["ctxs"]]
+    if show_progress is None:
+        show_progress = len(pairs) >= 2048
     logits = ranker.score_pairs([ex["question"] for ex, _ in pairs],
                                 [(c.get("title") or "", c.get("text") or "") for _, c in pairs],
                                 batch_size=batch_size, show_progress=show_progress)
