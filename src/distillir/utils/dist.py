@@ -3,6 +3,8 @@ one this is, and a barrier. Nothing here starts a process group that the launche
 
 from __future__ import annotations
 
+import functools
+
 
 def _has_accelerator() -> bool:
     import torch
@@ -51,12 +53,14 @@ def gather_with_grad(local):
     sizes = [int(s) for s in sizes]
     width = max(sizes)
     padded = torch.nn.functional.pad(local, (0, 0, 0, width - local.shape[0]))
-    gathered = _AllGatherWithGrad.apply(padded)  # (world * width, dim)
+    gathered = _all_gather_with_grad().apply(padded)  # (world * width, dim)
     keep = torch.cat([torch.arange(width, device=local.device) < s for s in sizes])
     return gathered[keep], sum(sizes[:rank])
 
 
-def _all_gather_function():
+@functools.cache
+def _all_gather_with_grad():
+    """The autograd Function (built on first use: this module is imported without torch)."""
     import torch
     import torch.distributed as dist
 
@@ -76,17 +80,3 @@ def _all_gather_function():
             return grad[start : start + ctx.rows]
 
     return AllGatherWithGrad
-
-
-class _Lazy:
-    """`_AllGatherWithGrad.apply` without importing torch with this module."""
-
-    fn = None
-
-    def apply(self, x):
-        if _Lazy.fn is None:
-            _Lazy.fn = _all_gather_function()
-        return _Lazy.fn.apply(x)
-
-
-_AllGatherWithGrad = _Lazy()

@@ -156,16 +156,20 @@ class ListCollator:
 def student_list_scores(encoder, batch: dict[str, Any], *, cross: bool = False):
     """(B, n) student scores S_i = similarity(q, p_i) of each question with the passages of its own list;
     `cross`: (B, B, n), question b with every list c of the batch (c = b: its own)."""
-    q = encoder.encode_query(batch["query"])
-    if "passage_embeddings" in batch:  # a frozen passage tower's precomputed embeddings
-        p = batch["passage_embeddings"].to(q.device)
-    else:
-        p = encoder.encode_passage(batch["passage"])
-        p = p.view(q.shape[0], -1, p.shape[-1])
+    q, p = _list_embeddings(encoder, batch)
     # In float32 even under mixed precision: scaled scores (x20) lose too many digits in bf16.
     with torch.autocast(device_type=q.device.type, enabled=False):
         pattern = "bd,cnd->bcn" if cross else "bd,bnd->bn"
         return torch.einsum(pattern, q.float(), p.float()) * encoder.settings.scale  # = similarity, per row
+
+
+def _list_embeddings(encoder, batch: dict[str, Any]):
+    """(B, d) query and (B, n, d) passage embeddings of a list batch."""
+    q = encoder.encode_query(batch["query"])
+    if "passage_embeddings" in batch:  # a frozen passage tower's precomputed embeddings
+        return q, batch["passage_embeddings"].to(q.device)
+    p = encoder.encode_passage(batch["passage"])
+    return q, p.view(q.shape[0], -1, p.shape[-1])
 
 
 def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
@@ -208,11 +212,7 @@ def cross_device_list_scores(encoder, batch: dict[str, Any]):
     padded to the longest list), their (C, n_max) mask, and the row of this process's first list."""
     import torch.distributed as dist
 
-    q = encoder.encode_query(batch["query"])
-    if "passage_embeddings" in batch:
-        p = batch["passage_embeddings"].to(q.device)
-    else:
-        p = encoder.encode_passage(batch["passage"]).view(q.shape[0], -1, q.shape[-1])
+    q, p = _list_embeddings(encoder, batch)
     world, (b, n, d), dev = dist.get_world_size(), p.shape, q.device  # NCCL gathers device tensors only
     shapes = [torch.zeros(2, dtype=torch.long, device=dev) for _ in range(world)]
     dist.all_gather(shapes, torch.tensor([b, n], device=dev))  # lists and list lengths may differ by process

@@ -34,10 +34,11 @@ def encode_corpus_sharded(encoder: Any, corpus: Any, target: Path, batch_size: i
     rank, world = state.process_index, state.num_processes
     mine = shard_path(target, rank, world)
     if not target.is_file() and not mine.is_file():
-        rows_done = encoder.encode_corpus(corpus, batch_size, shard=(rank, world), **options)
-        features = encoder._passage_features(corpus.titles, corpus.texts)
-        from distillir.retrievers.dense.inference import batch_plan
+        from distillir.retrievers.dense.inference import batch_plan, encode_features
 
+        features = encoder._passage_features(corpus.titles, corpus.texts)  # tokenized once, for both uses
+        rows_done = encode_features(encoder, encoder.passage_model, features, batch_size, shard=(rank, world),
+                                    desc="passages", **options)
         rows = np.array(sorted(r for batch in batch_plan(features, batch_size, rank, world) for r in batch), dtype=np.int64)
         with atomic_write(mine, "wb") as f:
             np.savez(f, rows=rows, embeddings=rows_done[torch.from_numpy(rows)].numpy())
