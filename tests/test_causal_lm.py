@@ -225,3 +225,22 @@ def test_int8_dynamic_quantisation_scores_close_to_float32(tiny_lm_dir):
     assert int8.score_targets(pairs) == pytest.approx(fp32.score_targets(pairs), abs=0.05)
     with pytest.raises(ConfigError, match="dtype"):
         CausalLMReader.from_pretrained(tiny_lm_dir, dtype="int4")
+
+
+def test_loop_teacher_is_the_loss_rise_without_each_passage(reader):
+    from distillir.teachers.lm_attention import attention_prompt
+    from distillir.teachers.lm_loop import lm_loop_scores
+
+    ex = examples()
+    loop = lm_loop_scores(reader, ex, progress=None)
+    assert list(loop) == ["q1"] and loop["q1"][0] == ["p1", "p3"] and loop.teacher.startswith("lm-loop:")
+    q, ctxs = ex[0]["question"], ex[0]["ctxs"]
+
+    def logp(passages):
+        prompt = attention_prompt(reader, q, passages)[0]
+        return sum(by_hand(reader, prompt, "Paris")) / len(by_hand(reader, prompt, "Paris"))
+
+    full = logp(ctxs)
+    assert loop["q1"][1] == pytest.approx([full - logp([ctxs[1]]), full - logp([ctxs[0]])], abs=1e-4)
+    one = lm_loop_scores(reader, [{**ex[0], "ctxs": ctxs[:1]}], progress=None)
+    assert one["q1"][1] == pytest.approx([0.0], abs=1e-6)  # nothing to compare a single passage with

@@ -4,6 +4,7 @@ the run), the answer-string teacher, union candidates and uniform lists, and a c
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from helpers import fid_kd_config
@@ -261,3 +262,33 @@ def test_a_ranker_teaches_the_retriever_with_its_scores_of_each_list(fidkd_env, 
         assert results["rounds"][k - 1]["retriever"]["lists"] > 0
     with pytest.raises(ConfigError, match="teacher.ranker"):
         load_config(FiDKDConfig, None, ["teacher_scores=ranker"])
+
+
+def test_loop_teacher_and_the_emdr2_student(fidkd_env, tiny_bert_dir, tiny_lm_dir, tmp_path, monkeypatch):
+    """teacher.aggregation: loop scores each list as `lm_loop_scores` does by hand; retriever.loss: emdr2 trains
+    on pdist log-likelihoods as they are (and refuses normalised ones)."""
+    from distillir.readers.causal_lm import CausalLMReader
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.teachers import read_teacher_scores
+    from distillir.teachers.lm_loop import lm_loop_scores
+
+    _, data = fidkd_env
+    monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
+    lm = ["reader.kind=causal-lm", f"reader.model={tiny_lm_dir}", "reader.lm.dtype=float32",
+          "reader.passage_max_length=24", "rounds=1", "eval.reader=false"]
+    results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "loop", *lm, "teacher.aggregation=loop"))
+    rd = tmp_path / "loop" / "round-1"
+    reader = CausalLMReader.from_pretrained(tiny_lm_dir, passage_max_tokens=24)
+    expected = lm_loop_scores(reader, load_fid_examples(rd / "retrieve" / "train.jsonl"), n_passages=4, progress=None)
+    scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
+    assert scores.teacher.startswith("lm-loop:") and list(scores) == list(expected)
+    assert all(scores[q][1] == pytest.approx(expected[q][1], abs=1e-4) for q in scores)
+    assert results["rounds"][0]["retriever"]["lists"] > 0
+
+    emdr2 = ["teacher.aggregation=pdist", "reader.lm.reduce=sum", "retriever.loss=emdr2"]
+    with pytest.raises(ConfigError, match="emdr2 reads teacher scores as log-likelihoods"):
+        fid_kd_config(tiny_bert_dir, data, tmp_path / "emdr2", *lm, *emdr2)
+    results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "emdr2", *lm, *emdr2,
+                                              "teacher.normalize=none", "teacher.scale=1.0"))
+    train = results["rounds"][0]["retriever"]
+    assert train["loss"] == "emdr2" and train["lists"] > 0 and math.isfinite(train["train"]["loss"])

@@ -6,6 +6,7 @@ queries:
 
 - `KLDivergenceLoss`        FiD-KD, Atlas, RocketQAv2 (dynamic: `detach_teacher=False`), Re2G (`scale_by_t2`)
 - `MSEDistillLoss`          FiD-KD's regression alternative
+- `EMDR2Loss`               EMDR² / Atlas: the answer's marginal likelihood over the student's retrieval
 - `MaxMarginDistillLoss`    FiD-KD's pairwise hinge alternative
 - `ListwiseCrossEntropyLoss` supervised listwise CE with gold labels (RocketQAv2 L_sup, Re2G and AR2 rankers)
 - `AdversarialRetrieverLoss` AR2's retriever step
@@ -22,6 +23,7 @@ from __future__ import annotations
 import importlib
 
 from distillir.losses.adversarial import AdversarialRetrieverLoss
+from distillir.losses.emdr2 import EMDR2Loss
 from distillir.losses.generative_retrieval import DGRLoss
 from distillir.losses.in_batch_list import InBatchListLoss
 from distillir.losses.joint_listwise import JointListwiseLoss
@@ -36,6 +38,7 @@ __all__ = [
     "AdversarialRetrieverLoss",
     "DGRLoss",
     "DistilledRankNetLoss",
+    "EMDR2Loss",
     "InBatchListLoss",
     "JointListwiseLoss",
     "KLDivergenceLoss",

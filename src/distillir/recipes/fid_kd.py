@@ -36,7 +36,6 @@ from distillir.recipes.common.config import EncodeConfig, QAEvalConfig, ReaderCo
 from distillir.recipes.common.distill import build_student, list_examples, reindex, train_student
 from distillir.recipes.common.guard import ON_WORSE, guard_round
 from distillir.recipes.common.reading import (
-    CollatorRNGCallback,
     build_lm_reader,
     build_reader,
     check_reader_teacher,
@@ -46,17 +45,15 @@ from distillir.recipes.common.reading import (
     load_eval_split,
     qa_training_split,
     read_answers,
-    reader_loss,
     score_lists,
     torch_device,
+    train_fid_reader,
 )
-from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
+from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
 from distillir.teachers.scores import read_teacher_scores
-from distillir.training.arguments import TrainingArguments
-from distillir.training.trainer import Trainer
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
@@ -69,7 +66,6 @@ STAGES = ("retrieve", "reader", "reader_eval", "teacher", "retriever", "index")
 StageHook = Callable[[int, str, dict], None]  # (round, stage, record)
 SCORES_FILE = "scores.jsonl"
 PREDICTIONS_FILE = "predictions.json"
-
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -87,8 +83,9 @@ class FiDKDEval(QAEvalConfig):
 @dataclass
 class FiDKDTeacher:
     # A FiD reader's attention or likelihood aggregations; with `reader.kind: causal-lm`: pdist (log p(answer |
-    # passage, question)), question_likelihood (log p(question | passage): no answers needed) or attention (the
-    # answer's attention over each passage of the concatenated context: `teachers.lm_attention`).
+    # passage, question)), question_likelihood (log p(question | passage): no answers needed), attention (the
+    # answer's attention over each passage of the concatenated context: `teachers.lm_attention`) or loop (the
+    # answer's loss rise without each passage of that context: `teachers.lm_loop`).
     aggregation: Literal["fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop",
                          "question_likelihood", "attention"] = "fid"
     layers: list[int] | None = None  # decoder layers for attention aggregations (negative from the end); null: all
@@ -152,6 +149,9 @@ class FiDKDConfig(RunConfig):
             raise ConfigError(f"max_train_queries must be at least 1 (or null), got {self.max_train_queries}")
         if self.teacher_scores is None:
             check_reader_teacher(self.reader, self.teacher.aggregation)
+        if self.retriever.loss == "emdr2" and (self.teacher.normalize != "none" or self.teacher.scale != 1.0):
+            raise ConfigError("retriever.loss: emdr2 reads teacher scores as log-likelihoods: set teacher.normalize: "
+                              "none and teacher.scale: 1 (and, with a causal LM, pdist with reader.lm.reduce: sum)")
         if self.on_worse not in ON_WORSE:
             raise ConfigError(f"on_worse must be 'keep', 'stop' or 'continue', got {self.on_worse!r}")
 
@@ -340,15 +340,9 @@ class FiDKDRecipe(Recipe):
         warm = None
         if k > 1 and config.reader.warm_start_next_round:
             warm = out / f"round-{k - 1}" / "reader" / FINAL_DIR
-        reader = build_reader(config.reader, config.n_passages, config.seed + k - 1, warm_start=warm)
-        collate = reader.collator(config.n_passages, answer_choice=config.reader.answer_choice,
-                                  seed=config.seed + k - 1, labels=True)
-        args = TrainingArguments.from_config(config.reader.trainer, output_dir=d, seed=config.seed,
-                                             resume=config.resume)
-        trainer = Trainer(reader, args, examples, collate, loss_fn=reader_loss,
-                          callbacks=[CollatorRNGCallback(collate), *self.callbacks])
-        summary = trainer.train()
-        save_on_main((reader, d / FINAL_DIR))
+        reader, summary = train_fid_reader(config.reader, examples, config.n_passages, config.seed + k - 1, d,
+                                           run_seed=config.seed, warm_start=warm, resume=config.resume,
+                                           callbacks=self.callbacks)
         self._models["reader"] = (d / FINAL_DIR, reader)
         return {"train": summary, "examples": len(examples), "warm_start": str(warm) if warm else None,
                 "final": str(d / FINAL_DIR)}

@@ -177,13 +177,18 @@ class ReaderConfig:
             raise ConfigError(f"num_layers must be at least 1 (or null), got {self.num_layers}")
 
 
+PROBABILITY_LOSSES = ("kl", "emdr2")  # losses where a teacher score of -inf means probability 0
+
+
 @dataclass
 class StudentConfig:
     """The student bi-encoder of list distillation and its loss (FiD-KD's `retriever:` section)."""
 
     model: str = DEFAULT_ENCODER  # the student's initial weights (hub id or path)
-    loss: Literal["kl", "mse", "margin"] = "kl"
-    temperature: float = 1.0  # KL: softmax(T / tau) vs softmax(S / tau) (FiD: 1; Atlas: 0.01)
+    # emdr2: -log sum_i exp(T_i) softmax(S / tau)_i (Atlas' EMDR²; T must be log-likelihoods: teacher.normalize
+    # none, pdist with reduce: sum).
+    loss: Literal["kl", "mse", "margin", "emdr2"] = "kl"
+    temperature: float = 1.0  # KL: softmax(T / tau) vs softmax(S / tau) (FiD: 1; Atlas: 0.01); emdr2: on S
     margin: float = 1.0  # max-margin: gamma, on the student's score scale
     # S = scale * q.p. null: a distillir encoder's own; else 20 (a 0.05 temperature) for unit-length embeddings,
     # 1/sqrt(dim) otherwise (FiD's code).
@@ -204,7 +209,8 @@ class StudentConfig:
     in_batch_negatives: bool = True
     # Random corpus passages added to each list at teacher probability 0 (fresh draws every step; KL only): the
     # student also learns that passages unlike any candidate are wrong, which a list of near-misses never shows.
-    # null: 16 with loss kl (measured +0.027 Top-5 alone), 0 otherwise (mse and margin have no probability 0).
+    # null: 16 with loss kl or emdr2 (KL: measured +0.027 Top-5 alone), 0 otherwise (mse and margin have no
+    # probability 0).
     random_negatives: int | None = None
     agreement_sample: int = 256  # training lists on which student-teacher agreement is measured (0: skip)
     # Fraction of the lists held out of training, on which the agreement is measured instead (the label-free
@@ -225,10 +231,10 @@ class StudentConfig:
         if not 0.0 <= self.agreement_holdout < 1.0:
             raise ConfigError(f"agreement_holdout must be in [0, 1), got {self.agreement_holdout}")
         if self.random_negatives is None:
-            self.random_negatives = 16 if self.loss == "kl" else 0
-        if self.random_negatives < 0 or (self.random_negatives and self.loss != "kl"):
-            raise ConfigError(f"random_negatives must be >= 0, and needs loss: kl (teacher probability 0), got "
-                              f"{self.random_negatives} with loss {self.loss!r}")
+            self.random_negatives = 16 if self.loss in PROBABILITY_LOSSES else 0
+        if self.random_negatives < 0 or (self.random_negatives and self.loss not in PROBABILITY_LOSSES):
+            raise ConfigError(f"random_negatives must be >= 0, and needs loss: kl or emdr2 (teacher probability 0), "
+                              f"got {self.random_negatives} with loss {self.loss!r}")
         if not self.train_passages and self.shared:
             self.shared = False  # a frozen passage tower beside a trained query tower: two towers
 

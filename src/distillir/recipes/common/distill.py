@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from distillir.errors import ConfigError, InputError
-from distillir.losses import InBatchListLoss, KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
+from distillir.losses import EMDR2Loss, InBatchListLoss, KLDivergenceLoss, MaxMarginDistillLoss, MSEDistillLoss
 from distillir.models import local_model_dir
 from distillir.recipes.common.config import EncodeConfig, StudentConfig
 from distillir.recipes.common.reading import collapse_check, evaluate_retrieval
@@ -173,14 +173,17 @@ def _list_embeddings(encoder, batch: dict[str, Any]):
 
 
 def distillation_loss(name: str, temperature: float = 1.0, margin: float = 1.0):
-    """The FiD-KD objectives: "kl" (the paper's best), "mse", "margin"; each takes (S, T, mask)."""
+    """The FiD-KD objectives: "kl" (the paper's best), "mse", "margin", and Atlas' "emdr2"; each takes
+    (S, T, mask)."""
     if name == "kl":
         return KLDivergenceLoss(temperature=temperature)
+    if name == "emdr2":
+        return EMDR2Loss(temperature=temperature)
     if name == "mse":
         return MSEDistillLoss()
     if name == "margin":
         return MaxMarginDistillLoss(margin=margin)
-    raise ConfigError(f"unknown distillation loss {name!r}; choose kl, mse or margin")
+    raise ConfigError(f"unknown distillation loss {name!r}; choose kl, mse, margin or emdr2")
 
 
 class ListDistillLoss:

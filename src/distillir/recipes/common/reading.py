@@ -57,6 +57,24 @@ def reader_loss(model, batch):
     return model(**batch.model_inputs()).loss
 
 
+def train_fid_reader(cfg: ReaderConfig, examples: Sequence[dict], n_passages: int, seed: int, out_dir: Path, *,
+                     run_seed: int, warm_start: Path | None = None, resume: bool = False, callbacks=()):
+    """A FiD reader trained on reader examples (`seed` draws its initialisation and answers, `run_seed` the
+    Trainer's order), saved to `out_dir/final` by the main process."""
+    from distillir.recipes.common.run import FINAL_DIR, save_on_main
+    from distillir.training.arguments import TrainingArguments
+    from distillir.training.trainer import Trainer
+
+    reader = build_reader(cfg, n_passages, seed, warm_start=warm_start)
+    collate = reader.collator(n_passages, answer_choice=cfg.answer_choice, seed=seed, labels=True)
+    args = TrainingArguments.from_config(cfg.trainer, output_dir=out_dir, seed=run_seed, resume=resume)
+    trainer = Trainer(reader, args, examples, collate, loss_fn=reader_loss,
+                      callbacks=[CollatorRNGCallback(collate), *callbacks])
+    summary = trainer.train()
+    save_on_main((reader, out_dir / FINAL_DIR))
+    return reader, summary
+
+
 def torch_device(cpu: bool = False) -> str:
     return "cuda" if torch.cuda.is_available() and not cpu else "cpu"
 
@@ -168,7 +186,7 @@ def build_lm_reader(cfg: ReaderConfig, aggregation: str = "pdist"):
     return reader
 
 
-LM_TEACHERS = ("pdist", "question_likelihood", "attention")
+LM_TEACHERS = ("pdist", "question_likelihood", "attention", "loop")
 
 
 def check_reader_teacher(cfg: ReaderConfig, aggregation: str) -> None:
@@ -189,6 +207,12 @@ def reader_teacher(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregat
         from distillir.teachers.lm_attention import lm_attention_scores
 
         return lm_attention_scores(reader, examples, n_passages=n_passages, layers=layers)
+    if cfg.kind == "causal-lm" and aggregation == "loop":
+        from distillir.teachers.lm_likelihood import default_cache
+        from distillir.teachers.lm_loop import lm_loop_scores
+
+        return lm_loop_scores(reader, examples, n_passages=n_passages, reduce=cfg.lm.reduce,
+                              batch_size=max(1, cfg.batch_size // 2), cache=default_cache(reader) if cfg.lm.cache else None)
     if cfg.kind == "causal-lm":
         from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
 
