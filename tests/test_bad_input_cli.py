@@ -223,6 +223,8 @@ RERANK_CASES = [
     Case("rerank-k-negative", ["rerank", "run.trec", "queries.jsonl", "corpus.jsonl", "--out", "r.trec", "-k", "-1"], ["-k"]),
     Case("rerank-batch-zero", ["rerank", "run.trec", "queries.jsonl", "corpus.jsonl", "--out", "r.trec", "--batch-size", "0"],
          ["--batch-size"]),
+    Case("rerank-dtype-unknown", ["rerank", "run.trec", "queries.jsonl", "corpus.jsonl", "--out", "r.trec", "--dtype", "int4"],
+         ["--dtype", "int4"]),
     Case("rerank-out-is-directory", ["rerank", "run.trec", "queries.jsonl", "corpus.jsonl", "--out", "user"], ["user", "directory"]),
     Case("rerank-run-of-other-corpus", ["rerank", "other.trec", "queries.jsonl", "corpus.jsonl", "--out", "r.trec"],
          ["other.trec", "another corpus"]),

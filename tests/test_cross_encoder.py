@@ -160,3 +160,17 @@ def test_listwise_training_raises_the_positive(tiny_bert_dir, tiny_corpus):
     rank_after = sorted(final, reverse=True).index(final[positive])
     assert rank_before == len(passages) - 1
     assert rank_after == 0
+
+
+def test_bf16_inference_scores_close_to_float32(cross_encoder, tiny_corpus):
+    query, passages = "What is the capital of France?", passages_of(tiny_corpus)
+    exact = cross_encoder.with_inference_dtype("float32").score(query, passages)
+    fast = cross_encoder.with_inference_dtype("bfloat16").score(query, passages)
+    try:
+        assert cross_encoder.inference_dtype == "bfloat16" and fast != exact  # it did run in bf16
+        assert fast == pytest.approx(exact, abs=0.05)
+        assert cross_encoder.with_inference_dtype("auto").inference_dtype in ("float32", "bfloat16")
+        with pytest.raises(ConfigError, match="float32, bfloat16 or auto"):
+            cross_encoder.with_inference_dtype("int4")
+    finally:
+        cross_encoder.with_inference_dtype("float32")

@@ -191,19 +191,23 @@ def rerank(
     model: Annotated[str, typer.Option(help="Cross-encoder: hub id or local path (e.g. from `distillir train cross-encoder`).")] = DEFAULT_ENCODER,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Re-score this many passages per query.")] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per batch.")] = 64,
+    dtype: Annotated[str, typer.Option(help="Scoring precision: auto (bf16 where the CPU has it natively), float32, bfloat16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Re-rank a run's top-k with a cross-encoder."""
     from distillir.cli.inputs import check_output_file, check_run, resolve_corpus, resolve_queries
     from distillir.data.run import Run
+    from distillir.errors import ConfigError
     from distillir.rankers.cross_encoder import CrossEncoder
 
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     check_output_file(out, overwrite)
     the_run = Run.read(run)
     passages = resolve_corpus(corpus)
     check_run(the_run, run, passages)
     qs = resolve_queries(queries, ids=set(the_run), of=f"the run {run}")
-    ranker = CrossEncoder.from_pretrained(model)
+    ranker = CrossEncoder.from_pretrained(model).with_inference_dtype(dtype)
     reranked = ranker.rerank(the_run, qs, passages, top_k=top_k, batch_size=batch_size, show_progress=True)
     if out.suffix == ".jsonl":
         reranked.write_jsonl(out, qs, passages)

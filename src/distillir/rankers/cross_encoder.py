@@ -62,6 +62,9 @@ class CrossEncoder(nn.Module, Ranker):
         self.max_length = max_length
         self.query_max_length = query_max_length
         self.title_separator = title_separator
+        # score_pairs' precision: "bfloat16" autocast is ~2x float32 where the CPU has native bf16 (and 5-6x
+        # slower where it does not); "auto" picks it only where native. Training is unaffected.
+        self.inference_dtype = "float32"
         default_inputs = ("input_ids", "attention_mask", "token_type_ids")
         self._input_names = set(getattr(tokenizer, "model_input_names", default_inputs))
 
@@ -242,7 +245,7 @@ class CrossEncoder(nn.Module, Ranker):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 for rows in batches:
                     features = [{key: values[i] for key, values in encoded.items()} for i in rows]
                     logits = self.forward(self.tokenizer.pad(features, return_tensors="pt"))
@@ -251,6 +254,23 @@ class CrossEncoder(nn.Module, Ranker):
         finally:
             self.train(was_training)
         return scores
+
+
+    def with_inference_dtype(self, dtype: str) -> CrossEncoder:
+        """Score in `dtype` from now on: "float32", "bfloat16", or "auto" (bfloat16 where the CPU has it
+        natively, else float32)."""
+        if dtype == "auto":
+            from distillir.retrievers.dense.inference import default_encoding_dtype
+
+            dtype = default_encoding_dtype()
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"ranker inference dtype must be float32, bfloat16 or auto, got {dtype!r}")
+        self.inference_dtype = dtype
+        return self
+
+    def _autocast(self):
+        enabled = self.inference_dtype == "bfloat16"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _read_settings(path: str) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class FiDKDTeacher:
     skip_uniform: bool = True
     ranker: str | None = None  # teacher_scores: ranker -- the cross-encoder (hub id or path) scoring each list
     ranker_max_length: int = 256
+    ranker_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has it natively
 
     def __post_init__(self) -> None:
         if self.scale <= 0:
@@ -248,7 +249,8 @@ class FiDKDRecipe(Recipe):
         if config.teacher_scores in MODEL_FREE:
             record["teacher"] = stages.run("teacher", lambda: list_teacher(
                 config.teacher_scores, load_fid_examples(rd / "retrieve" / "train.jsonl"), rd / "teacher" / SCORES_FILE,
-                ranker=config.teacher.ranker, ranker_max_length=config.teacher.ranker_max_length))
+                ranker=config.teacher.ranker, ranker_max_length=config.teacher.ranker_max_length,
+                ranker_dtype=config.teacher.ranker_dtype))
         if self.lm:  # used as it is: no reader training
             if config.eval is not None and config.eval.reader:
                 record["reader_eval"] = stages.run("reader_eval", lambda: self._evaluate_reader(config, rd))

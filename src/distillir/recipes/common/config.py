@@ -47,6 +47,9 @@ class RerankEvalConfig:
     depth: int = 100  # first-stage depth evaluated (and re-ranked passages kept ahead of the rest)
     top_k: int = 100  # passages re-ranked per query
     batch_size: int = 64
+    # Scoring precision: auto = bf16 autocast where the CPU has it natively (1.8x float32 here, Spearman 0.999 per
+    # list, same top-1 on 40 lists of a trained ranker), float32 elsewhere (bf16 is 5-6x slower on AVX2 CPUs).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 def check_head_learning_rate(head_learning_rate: float | None) -> None:

@@ -174,6 +174,8 @@ def evaluate_rerank(ranker, eval_config: RerankEvalConfig, seed: int = 0) -> dic
     """Metrics of the first stage's run on the eval split and of the same run with its top-k re-ranked."""
     dataset = load_dataset(eval_config.dataset, eval_config.split, max_queries=eval_config.max_queries, seed=seed)
     run = first_stage_run(eval_config.first_stage, dataset.corpus, dataset.queries, eval_config.depth)
+    if hasattr(ranker, "with_inference_dtype"):
+        ranker.with_inference_dtype(eval_config.dtype)
     reranked = rerank_run(ranker, run, dataset, eval_config.top_k, eval_config.batch_size)
 
     def metrics(r):

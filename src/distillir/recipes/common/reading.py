@@ -241,7 +241,7 @@ def score_lists(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation
 
 
 def list_teacher(kind: str, examples: Sequence[dict], path: Path, *, ranker: str | None = None,
-                 ranker_max_length: int = 256, batch_size: int = 64) -> dict[str, Any]:
+                 ranker_max_length: int = 256, ranker_dtype: str = "auto", batch_size: int = 64) -> dict[str, Any]:
     """A teacher stage without a reader: "answers" (1 where a passage holds an answer string) or "ranker" (a
     cross-encoder's logits; under torchrun each process scores its share), written to `path`, with what it
     knows about the lists (`answer_hits`) where they have answers."""
@@ -252,6 +252,7 @@ def list_teacher(kind: str, examples: Sequence[dict], path: Path, *, ranker: str
         from distillir.teachers.ranker import ranker_scores
 
         model = CrossEncoder.from_pretrained(ranker, max_length=ranker_max_length).eval()
+        model.with_inference_dtype(ranker_dtype)
         scores = score_across_processes(lambda part: ranker_scores(model, part, batch_size, name=str(ranker)),
                                         examples)
     scores.write(path)

@@ -1,0 +1,209 @@
+"""A causal LM, used as it is, distilled into MiniLM with no relevance labels (issue 13's table): fid-kd runs
+with SmolLM2-135M-Instruct as the reader-teacher, each beside BM25, MiniLM's start and RRF(BM25, ·) on the
+same evaluation questions, with a paired 95% interval of distilled minus start, and what the teacher knows on
+its training lists (its first passage against BM25's and MiniLM's first, on the same lists).
+
+    .venv/bin/python bench/lm_distill.py                  # every run (a finished run directory is read, not
+                                                          # trained again; an unfinished one resumes)
+    .venv/bin/python bench/lm_distill.py --only scifact_ql  # one run; the others are kept from the last result
+    .venv/bin/python bench/lm_distill.py --render-only
+
+Runs (each a shipped config plus the overrides in RUNS, output under bench/work/runs/):
+  squad_ql     squad-open, 1,000 seeded train questions, log p(question | passage): questions only
+  squad_pdist  the same questions, log p(answer | passage, question): questions and answers
+  scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import WORK_DIR, command_line, environment, summary_row, write_results
+from lm_distill_report import markdown, summary
+
+REPO = Path(__file__).resolve().parents[1]
+SQUAD = "configs/fid-kd-smollm2-squad-cpu.yaml"
+SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
+RUNS = {
+    "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
+                 "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
+                 "system": "MiniLM distilled from SmolLM2 question likelihood (questions only)"},
+    "squad_pdist": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k", "sets": [*SQUAD_SETS, "teacher.aggregation=pdist"],
+                    "system": "MiniLM distilled from SmolLM2 pdist (questions + answers)"},
+    "scifact_ql": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact", "sets": [],
+                   "system": "MiniLM distilled from SmolLM2 claim likelihood (claims only)"},
+}
+KEYS = {"squad-open": ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"),
+        "scifact": ("nDCG@10", "MRR@10", "R@1", "R@5", "R@20", "R@100")}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=None, help=f"comma-separated runs to train, resume or read, of {', '.join(RUNS)} "
+                   "(default: all); the others are kept from the last result")
+    p.add_argument("--name", default="lm_distill")
+    p.add_argument("--render-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def load(spec: dict):
+    from distillir.recipes import get_recipe
+    from distillir.training.config import load_config
+
+    out = WORK_DIR / "runs" / spec["dir"]
+    recipe = get_recipe("fid-kd")
+    config = load_config(recipe.Config, REPO / spec["config"],
+                         [f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", *spec["sets"]])
+    return recipe, config, out
+
+
+def run_or_read(spec: dict) -> dict:
+    recipe, config, out = load(spec)
+    path = out / "results.json"
+    if path.is_file() and json.loads(path.read_text()).get("complete"):
+        return json.loads(path.read_text())
+    return recipe().run(config)
+
+
+def paired(first: dict, second: dict) -> dict:
+    """Mean of second - first per query, and its 95% normal half-width."""
+    d = [second[q] - first[q] for q in first]
+    mean = math.fsum(d) / len(d)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1))
+    return {"mean_diff": round(mean, 4), "half_width": round(1.96 * sd / math.sqrt(len(d)), 4), "queries": len(d),
+            "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
+
+
+def per_query(run, ds, metric: str) -> dict[str, float]:
+    """Each eval query's Top-k answer hit (squad-open) or qrels metric (SciFact)."""
+    if metric.startswith("Top-"):
+        from distillir.data.answers import AnswerMatcher
+
+        k, matcher = int(metric.split("-")[1]), AnswerMatcher(ds.corpus)
+        return {q: float(any(matcher.hits(a, [p for p, _ in run.get(q, [])[:k]])))
+                for q, a in zip(ds.queries.ids, ds.queries.answers)}
+    from distillir.evaluation.metrics import evaluate_qrels
+
+    scored = evaluate_qrels(run, ds.qrels, [metric], per_query=True)["per_query"]
+    return {q: v[metric] for q, v in scored.items()}
+
+
+def teacher_knowledge(config, out: Path) -> dict:
+    """On the round's training lists: how often the first passage is relevant (an answer string; SciFact: the
+    train qrels, read here to measure only) under the teacher's order, BM25's and MiniLM's (each retriever's
+    own ranks first, then the list's order), and the reciprocal rank of the first relevant one; over all lists
+    with a relevant passage, and over those where BM25's first is not."""
+    from distillir.data.answers import AnswerMatcher
+    from distillir.data.datasets import load_dataset
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.retrievers.bm25 import bm25_cached
+    from distillir.retrievers.dense.retriever import DenseRetriever
+    from distillir.teachers.scores import read_teacher_scores
+
+    rd = out / "round-1"
+    lists = load_fid_examples(rd / "retrieve" / "train.jsonl")
+    scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
+    ds = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries, seed=config.seed)
+    queries = ds.queries.subset([str(ex["id"]) for ex in lists])
+    n = config.n_passages
+    runs = {"BM25": bm25_cached(ds.corpus).search(queries, top_k=n),
+            "MiniLM": DenseRetriever.build(ds.corpus, config.retriever.model, batch_size=config.encode.batch_size,
+                                           dtype=config.encode.dtype, cache=True).search(queries, top_k=n)}
+    matcher = AnswerMatcher(ds.corpus) if queries.has_answers else None
+    judged = {q: {p for p, r in rels.items() if r > 0} for q, rels in (ds.qrels or {}).items()}
+    orders = ("teacher", "BM25", "MiniLM", "list")
+    tallies = {part: {o: [0, 0.0] for o in orders} | {"lists": 0} for part in ("all", "bm25_first_wrong")}
+    for ex in lists:
+        qid = str(ex["id"])
+        if qid not in scores:
+            continue
+        pids = [str(c["id"]) for c in ex["ctxs"]]
+        rel = matcher.hits(ex["answers"], pids) if matcher else [p in judged.get(qid, set()) for p in pids]
+        relevant = {p for p, r in zip(pids, rel) if r}
+        if not relevant:
+            continue
+        spids, svalues = scores[qid]
+        by = {"teacher": [p for _, p in sorted(zip(svalues, spids), key=lambda x: -x[0])], "list": pids}
+        for name, run in runs.items():
+            rank = {p: i for i, (p, _) in enumerate(run.get(qid, []))}
+            by[name] = sorted(pids, key=lambda p: (rank.get(p, n), pids.index(p)))
+        parts = ["all"] + (["bm25_first_wrong"] if by["BM25"][0] not in relevant else [])
+        for part in parts:
+            tallies[part]["lists"] += 1
+            for o in orders:
+                tallies[part][o][0] += by[o][0] in relevant
+                tallies[part][o][1] += 1.0 / (1 + next(i for i, p in enumerate(by[o]) if p in relevant))
+    result = {}
+    for part, t in tallies.items():
+        m = max(t["lists"], 1)
+        result[part] = {"lists": t["lists"], **{f"{o} hit@1": round(t[o][0] / m, 4) for o in orders},
+                        **{f"{o} MRR": round(t[o][1] / m, 4) for o in orders}}
+    return result
+
+
+def analyse(key: str, spec: dict, results: dict) -> dict:
+    from distillir.data.datasets import load_dataset
+    from distillir.data.run import Run
+    from distillir.recipes.common.reading import evaluate_retrieval
+    from distillir.retrievers.bm25 import bm25_cached
+    from distillir.retrievers.hybrid import reciprocal_rank_fusion
+    from distillir.teachers.scores import read_teacher_scores
+
+    _, config, out = load(spec)
+    ev = config.eval
+    ds = load_dataset(ev.dataset or config.dataset, ev.split, max_queries=ev.max_queries, seed=config.seed)
+    rd = out / f"round-{results['kept_round'] or 1}"
+    start = Run.read_trec(out / "round-1" / "retrieve" / "eval.trec")
+    distilled = Run.read_trec(rd / "eval" / "retriever.trec") if results["kept_round"] else start
+    bm25 = bm25_cached(ds.corpus).search(ds.queries, top_k=ev.top_k)
+    systems = {"BM25": bm25, "MiniLM (untrained)": start, spec["system"]: distilled,
+               "RRF(BM25, MiniLM untrained)": reciprocal_rank_fusion([bm25, start], top_k=ev.top_k),
+               f"RRF(BM25, {spec['system'].replace('MiniLM ', '', 1)})":
+                   reciprocal_rank_fusion([bm25, distilled], top_k=ev.top_k)}
+    metrics = {name: evaluate_retrieval(run, ds) for name, run in systems.items()}
+    focus = ("Top-1", "Top-5") if config.dataset == "squad-open" else ("nDCG@10",)
+    diffs = {m: paired(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
+    diffs_bm25 = {m: paired(per_query(bm25, ds, m), per_query(distilled, ds, m)) for m in focus}
+    r1 = results["rounds"][0]
+    teacher = r1["teacher"]
+    scores = read_teacher_scores(out / "round-1" / "teacher" / "scores.jsonl")
+    pairs = sum(len(scores[q][0]) for q in scores)
+    return {"run": key, "dir": str(out.relative_to(REPO)), "config": spec["config"], "sets": spec["sets"],
+            "dataset": config.dataset, "split": ev.split, "train_questions": results["train_questions"],
+            "eval_questions": results["eval_questions"], "aggregation": results["aggregation"],
+            "kept_round": results["kept_round"], "guard": r1.get("guard"), "system": spec["system"],
+            "metrics": metrics, "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
+            "teacher_knowledge": teacher_knowledge(config, out), "wall_s": r1.get("wall_s"),
+            "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
+            "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,
+            "student_steps": (r1.get("retriever") or {}).get("train", {}).get("global_step")}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    path = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if args.render_only:
+        res = earlier
+    else:
+        only = set(filter(None, (args.only or "").split(","))) or set(RUNS)
+        unknown = only - set(RUNS)
+        if unknown:
+            raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {sorted(RUNS)}")
+        res = {"benchmark": args.name, "command": command_line(), "environment": environment(),
+               "runs": dict(earlier.get("runs") or {})}
+        for key, spec in RUNS.items():
+            if key in only:
+                res["runs"][key] = analyse(key, spec, run_or_read(spec))
+    res["summary"] = summary(res, KEYS, summary_row)
+    write_results(args.name, res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Tables and reading of bench/lm_distill.py's result (kept apart so `--render-only` needs no models)."""
+
+from __future__ import annotations
+
+LABEL_FREE = True  # no run here reads a relevance label for training (answers are not relevance labels)
+TARGETS = {"squad-open": "Top-5 >= 0.93, Top-1 >= 0.78", "scifact": "nDCG@10 >= 0.69"}
+
+
+def summary(res: dict, keys: dict, summary_row) -> list[dict]:
+    rows, seen = [], set()
+    for r in res.get("runs", {}).values():
+        for system, metrics in r["metrics"].items():
+            if (system, r["dataset"]) in seen:  # BM25 and the start appear in every run of a dataset
+                continue
+            seen.add((system, r["dataset"]))
+            rows.append(summary_row(system, r["dataset"], r["split"], not LABEL_FREE, metrics, keys[r["dataset"]]))
+    return rows
+
+
+def _knowledge_table(k: dict) -> str:
+    from distillir.evaluation.report import format_table
+
+    orders = (("teacher", "teacher (LM)"), ("BM25", "BM25's order"), ("MiniLM", "MiniLM's order"),
+              ("list", "the list's RRF order"))
+    rows = []
+    for part, label in (("all", "all lists with a relevant passage"),
+                        ("bm25_first_wrong", "lists whose BM25 first is not relevant")):
+        t = k[part]
+        rows.append({"lists": f"{label} ({t['lists']})", **{name: f"{t[o + ' hit@1']:.3f} / {t[o + ' MRR']:.3f}"
+                                                            for o, name in orders}})
+    return format_table(rows)
+
+
+def _run_section(r: dict) -> list[str]:
+    from distillir.evaluation.report import format_table
+
+    keys = ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10") if r["dataset"] == "squad-open" else (
+        "nDCG@10", "MRR@10", "R@1", "R@5", "R@20", "R@100")
+    table = [{"system": s, **{k: m.get(k) for k in keys}} for s, m in r["metrics"].items()]
+    w = r.get("wall_s") or {}
+    guard = r.get("guard") or {}
+    lines = [
+        f"## {r['dataset']}: {r['system']}", "",
+        (f"`{r['config']}`" + (f" with `{' '.join(r['sets'])}`" if r["sets"] else "") + f" (run dir `{r['dir']}`): "
+         f"{r['train_questions']:,} training questions, teacher `{r['aggregation']}` over each list of "
+         f"{r['n_passages']} candidates (MiniLM's top 10 merged with BM25's, the first 10 in RRF order), "
+         f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second; the query tower "
+         f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
+         f"Wall time: round {w.get('round', 0) / 60:.0f} min, teacher {w.get('teacher', 0) / 60:.0f} min, student "
+         f"{w.get('retriever', 0) / 60:.1f} min. Round guard: {'worse' if guard.get('worse') else 'kept'}"
+         + (f" ({'; '.join(guard.get('reasons') or [])})" if guard.get("reasons") else "") + "."), "",
+        "What the teacher knows on its training lists (relevant = holds an answer string"
+        + ("" if r["dataset"] == "squad-open" else "; SciFact: the train qrels, read to measure only")
+        + "), hit@1 / MRR of the first relevant passage:", "",
+        _knowledge_table(r["teacher_knowledge"]), "",
+        format_table(table, ["system", *keys]), "",
+        "Paired per-question differences, 95% normal interval:", "",
+        format_table([{"comparison": f"distilled - {base}", "metric": m, "difference": v["mean_diff"],
+                       "± (95%)": v["half_width"], "better": v["better"], "worse": v["worse"]}
+                      for base, diffs in (("start", r["paired_vs_start"]), ("BM25", r["paired_vs_bm25"]))
+                      for m, v in diffs.items()]), "",
+        _reading(r), ""]
+    return lines
+
+
+def _held(v: dict) -> str:
+    lo, hi = v["mean_diff"] - v["half_width"], v["mean_diff"] + v["half_width"]
+    return "above, beyond the interval" if lo > 0 else "below, beyond the interval" if hi < 0 else "within noise"
+
+
+def _reading(r: dict) -> str:
+    t = r["teacher_knowledge"]["all"]
+    parts = [f"The teacher's first passage is relevant in {t['teacher hit@1']:.3f} of the lists against BM25's "
+             f"{t['BM25 hit@1']:.3f} and MiniLM's {t['MiniLM hit@1']:.3f}: it "
+             + ("knows more than its student" if t["teacher hit@1"] > t["MiniLM hit@1"] else "does not know more")
+             + "."]
+    for m, v in r["paired_vs_start"].items():
+        parts.append(f"Against its start, {m} {v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
+    for m, v in r["paired_vs_bm25"].items():
+        parts.append(f"Against BM25, {m} {v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
+    parts.append(f"Target ({TARGETS[r['dataset']]}) for the distilled retriever alone.")
+    return " ".join(parts)
+
+
+def markdown(res: dict) -> str:
+    env = res["environment"]
+    lines = [
+        "# A causal LM as it is, distilled into MiniLM without relevance labels", "",
+        (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
+         f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. The LM is SmolLM2-135M-Instruct (the packaged "
+         "Q4_1 GGUF, dequantised) in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
+         "(passage tower frozen: the corpus is embedded once). No run reads a relevance label for training; gold "
+         "passages and qrels are read only to evaluate. Runs are listed in the order they were added; each is one "
+         "round (fid-kd's loop with one iteration)."), ""]
+    for r in res.get("runs", {}).values():
+        lines += _run_section(r)
+    lines += ["## Command", "", "```", res["command"], "```"]
+    return "\n".join(lines)
+
+
+__all__ = ["markdown", "summary"]
