@@ -11,6 +11,8 @@ its training lists (its first passage against BM25's and MiniLM's first, on the 
 Runs (each a shipped config plus the overrides in RUNS, output under bench/work/runs/):
   squad_ql     squad-open, 1,000 seeded train questions, log p(question | passage): questions only
   squad_pdist  the same questions, log p(answer | passage, question): questions and answers
+  squad_ranker the same questions, the answer-trained cross-encoder as the teacher (for comparison; needs
+               bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
 """
 
@@ -36,6 +38,13 @@ RUNS = {
                  "system": "MiniLM distilled from SmolLM2 question likelihood (questions only)"},
     "squad_pdist": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k", "sets": [*SQUAD_SETS, "teacher.aggregation=pdist"],
                     "system": "MiniLM distilled from SmolLM2 pdist (questions + answers)"},
+    "squad_ranker": {"config": "configs/fid-kd-answers-squad-cpu.yaml", "dir": "fid-kd-ranker-1k",
+                     "sets": ["max_train_queries=1000", "rounds=1", "teacher_scores=ranker",
+                              f"teacher.ranker={WORK_DIR / 'runs' / 'ce-answers' / 'final'}",
+                              "teacher.ranker_max_length=192", "retriever.trainer.max_steps=63"],
+                     "system": "MiniLM distilled from the answer-trained cross-encoder",
+                     "note": "not an LM: bench/ranker_answers.py's ranker (trained from QA pairs), for comparison; "
+                             "its lists are the whole union (up to 20), not cut to 10"},
     "scifact_ql": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact", "sets": [],
                    "system": "MiniLM distilled from SmolLM2 claim likelihood (claims only)"},
 }
@@ -176,7 +185,8 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
     pairs = sum(len(scores[q][0]) for q in scores)
     return {"run": key, "dir": str(out.relative_to(REPO)), "config": spec["config"], "sets": spec["sets"],
             "dataset": config.dataset, "split": ev.split, "train_questions": results["train_questions"],
-            "eval_questions": results["eval_questions"], "aggregation": results["aggregation"],
+            "eval_questions": results["eval_questions"],
+            "aggregation": results["aggregation"] or results["teacher_scores"], "note": spec.get("note"),
             "kept_round": results["kept_round"], "guard": r1.get("guard"), "system": spec["system"],
             "metrics": metrics, "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
             "teacher_knowledge": teacher_knowledge(config, out), "wall_s": r1.get("wall_s"),

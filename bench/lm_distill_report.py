@@ -20,7 +20,7 @@ def summary(res: dict, keys: dict, summary_row) -> list[dict]:
 def _knowledge_table(k: dict) -> str:
     from distillir.evaluation.report import format_table
 
-    orders = (("teacher", "teacher (LM)"), ("BM25", "BM25's order"), ("MiniLM", "MiniLM's order"),
+    orders = (("teacher", "teacher"), ("BM25", "BM25's order"), ("MiniLM", "MiniLM's order"),
               ("list", "the list's RRF order"))
     rows = []
     for part, label in (("all", "all lists with a relevant passage"),
@@ -43,7 +43,8 @@ def _run_section(r: dict) -> list[str]:
         f"## {r['dataset']}: {r['system']}", "",
         (f"`{r['config']}`" + (f" with `{' '.join(r['sets'])}`" if r["sets"] else "") + f" (run dir `{r['dir']}`): "
          f"{r['train_questions']:,} training questions, teacher `{r['aggregation']}` over each list of "
-         f"{r['n_passages']} candidates (MiniLM's top 10 merged with BM25's, the first 10 in RRF order), "
+         f"{r['n_passages']} candidates (MiniLM's top 10 merged with BM25's, the first 10 in RRF order"
+         + (f"; {r['note']}" if r.get("note") else "") + "), "
          f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second; the query tower "
          f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
          f"Wall time: round {w.get('round', 0) / 60:.0f} min, teacher {w.get('teacher', 0) / 60:.0f} min, student "
@@ -86,6 +87,8 @@ def markdown(res: dict) -> str:
     env = res["environment"]
     lines = [
         "# A causal LM as it is, distilled into MiniLM without relevance labels", "",
+        ("Each section is one teacher distilled into MiniLM; the answer-trained cross-encoder's run is there to "
+         "compare teachers at the same questions and steps."), "",
         (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
          f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. The LM is SmolLM2-135M-Instruct (the packaged "
          "Q4_1 GGUF, dequantised) in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
