@@ -10,7 +10,6 @@ its training lists (its first passage against BM25's and MiniLM's first, on the 
 
 Runs (each a shipped config plus the overrides in RUNS, output under bench/work/runs/):
   squad_ql     squad-open, 1,000 seeded train questions, log p(question | passage): questions only
-  squad_pdist  the same questions, log p(answer | passage, question): questions and answers
   squad_ranker the same questions, the answer-trained cross-encoder as the teacher (for comparison; needs
                bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
@@ -36,8 +35,6 @@ RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
                  "system": "MiniLM distilled from SmolLM2 question likelihood (questions only)"},
-    "squad_pdist": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k", "sets": [*SQUAD_SETS, "teacher.aggregation=pdist"],
-                    "system": "MiniLM distilled from SmolLM2 pdist (questions + answers)"},
     "squad_ranker": {"config": "configs/fid-kd-answers-squad-cpu.yaml", "dir": "fid-kd-ranker-1k",
                      "sets": ["max_train_queries=1000", "rounds=1", "teacher_scores=ranker",
                               f"teacher.ranker={WORK_DIR / 'runs' / 'ce-answers' / 'final'}",
@@ -48,6 +45,10 @@ RUNS = {
     "scifact_ql": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact", "sets": [],
                    "system": "MiniLM distilled from SmolLM2 claim likelihood (claims only)"},
 }
+# Reference rows evaluated here on the same dev questions, from runs made elsewhere (read when present): the
+# answer-string teacher (the shipped config's run) and the same student path trained on gold passages (labels).
+ANSWER_RUN = WORK_DIR / "runs" / "fid-kd-answers-squad-cpu"  # distillir train fid-kd --config configs/fid-kd-answers-squad-cpu.yaml
+GOLD_MODEL = WORK_DIR / "distill_student" / "gold_combo_sharp_q20k" / "final"  # bench/distill_student.py's gold row
 KEYS = {"squad-open": ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"),
         "scifact": ("nDCG@10", "MRR@10", "R@1", "R@5", "R@20", "R@100")}
 
@@ -156,6 +157,27 @@ def teacher_knowledge(config, out: Path) -> dict:
     return result
 
 
+def reference_runs(config, ds, top_k: int) -> dict:
+    """The answer-string teacher's distilled MiniLM and the gold-passage one, over the eval questions."""
+    from distillir.data.run import Run
+    from distillir.recipes.common.distill import build_student
+    from distillir.retrievers.dense.retriever import DenseRetriever
+
+    out = {}
+    results = ANSWER_RUN / "results.json"
+    if results.is_file():
+        r = json.loads(results.read_text())
+        out[f"MiniLM distilled from answer strings ({r['train_questions']:,} questions, {len(r['rounds'])} rounds)"] = \
+            Run.read_trec(ANSWER_RUN / f"round-{r['kept_round']}" / "eval" / "retriever.trec")
+    if GOLD_MODEL.is_dir():
+        student = build_student(config.retriever, GOLD_MODEL)
+        dense = DenseRetriever.build(ds.corpus, student, batch_size=config.encode.batch_size, dtype=config.encode.dtype,
+                                     cache=True)
+        out["MiniLM query tower on gold passages (20,000 questions, same student path; labels)"] = dense.search(
+            ds.queries, top_k=top_k)
+    return out
+
+
 def analyse(key: str, spec: dict, results: dict) -> dict:
     from distillir.data.datasets import load_dataset
     from distillir.data.run import Run
@@ -175,6 +197,10 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
                "RRF(BM25, MiniLM untrained)": reciprocal_rank_fusion([bm25, start], top_k=ev.top_k),
                f"RRF(BM25, {spec['system'].replace('MiniLM ', '', 1)})":
                    reciprocal_rank_fusion([bm25, distilled], top_k=ev.top_k)}
+    labelled = set()
+    if config.dataset == "squad-open":
+        systems.update(reference_runs(config, ds, ev.top_k))
+        labelled = {name for name in systems if "gold" in name}
     metrics = {name: evaluate_retrieval(run, ds) for name, run in systems.items()}
     focus = ("Top-1", "Top-5") if config.dataset == "squad-open" else ("nDCG@10",)
     diffs = {m: paired(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
@@ -188,7 +214,7 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
             "eval_questions": results["eval_questions"],
             "aggregation": results["aggregation"] or results["teacher_scores"], "note": spec.get("note"),
             "kept_round": results["kept_round"], "guard": r1.get("guard"), "system": spec["system"],
-            "metrics": metrics, "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
+            "metrics": metrics, "labelled_systems": sorted(labelled), "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
             "teacher_knowledge": teacher_knowledge(config, out), "wall_s": r1.get("wall_s"),
             "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
             "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,

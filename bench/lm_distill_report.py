@@ -13,7 +13,8 @@ def summary(res: dict, keys: dict, summary_row) -> list[dict]:
             if (system, r["dataset"]) in seen:  # BM25 and the start appear in every run of a dataset
                 continue
             seen.add((system, r["dataset"]))
-            rows.append(summary_row(system, r["dataset"], r["split"], not LABEL_FREE, metrics, keys[r["dataset"]]))
+            labels = system in r.get("labelled_systems", []) or not LABEL_FREE
+            rows.append(summary_row(system, r["dataset"], r["split"], labels, metrics, keys[r["dataset"]]))
     return rows
 
 
@@ -55,6 +56,9 @@ def _run_section(r: dict) -> list[str]:
         + "), hit@1 / MRR of the first relevant passage:", "",
         _knowledge_table(r["teacher_knowledge"]), "",
         format_table(table, ["system", *keys]), "",
+        *([("Rows trained elsewhere and evaluated here on the same questions: the answer-string teacher's run "
+            "(`configs/fid-kd-answers-squad-cpu.yaml`) and bench/distill_student.py's gold-passage row (labels)."), ""]
+          if any("answer strings" in s for s in r["metrics"]) else []),
         "Paired per-question differences, 95% normal interval:", "",
         format_table([{"comparison": f"distilled - {base}", "metric": m, "difference": v["mean_diff"],
                        "± (95%)": v["half_width"], "better": v["better"], "worse": v["worse"]}
