@@ -10,6 +10,8 @@ its training lists (its first passage against BM25's and MiniLM's first, on the 
 
 Runs (each a shipped config plus the overrides in RUNS, output under bench/work/runs/):
   squad_ql     squad-open, 1,000 seeded train questions, log p(question | passage): questions only
+  squad_pdist  the same questions, log p(answer | passage, question): questions and answers
+  squad_emdr2  squad_pdist's scores under EMDR² instead of KL (student only)
   squad_ranker the same questions, the answer-trained cross-encoder as the teacher (for comparison; needs
                bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
@@ -35,6 +37,16 @@ RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
                  "system": "MiniLM distilled from SmolLM2 question likelihood (questions only)"},
+    "squad_pdist": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k", "sets": [*SQUAD_SETS, "teacher.aggregation=pdist"],
+                    "system": "MiniLM distilled from SmolLM2 pdist (questions + answers)"},
+    # The pdist run's scores, as they are, under EMDR² instead of KL on z-scores (student only; no new scoring).
+    # They are per-token means: for one answer per list, EMDR² on the sums with the teacher's log-probs divided
+    # by the answer's token count.
+    "squad_emdr2": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k-emdr2", "lists_dir": "fid-kd-smollm2-pdist-1k",
+                    "sets": [*SQUAD_SETS, f"teacher_scores={WORK_DIR / 'runs' / 'fid-kd-smollm2-pdist-1k' / 'round-1' / 'teacher' / 'scores.jsonl'}",
+                             "retriever.loss=emdr2", "teacher.normalize=none", "teacher.scale=1.0"],
+                    "system": "MiniLM distilled from SmolLM2 pdist with EMDR² (questions + answers)",
+                    "note": "EMDR² on the per-token mean log-likelihoods, raw (teacher.normalize none, scale 1)"},
     "squad_ranker": {"config": "configs/fid-kd-answers-squad-cpu.yaml", "dir": "fid-kd-ranker-1k",
                      "sets": ["max_train_queries=1000", "rounds=1", "teacher_scores=ranker",
                               f"teacher.ranker={WORK_DIR / 'runs' / 'ce-answers' / 'final'}",
@@ -206,16 +218,18 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
     diffs = {m: paired(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
     diffs_bm25 = {m: paired(per_query(bm25, ds, m), per_query(distilled, ds, m)) for m in focus}
     r1 = results["rounds"][0]
-    teacher = r1["teacher"]
-    scores = read_teacher_scores(out / "round-1" / "teacher" / "scores.jsonl")
+    lists = WORK_DIR / "runs" / spec.get("lists_dir", spec["dir"])  # a score-file run reads another run's lists
+    teacher = r1.get("teacher") or {}
+    scores = read_teacher_scores(lists / "round-1" / "teacher" / "scores.jsonl")
     pairs = sum(len(scores[q][0]) for q in scores)
     return {"run": key, "dir": str(out.relative_to(REPO)), "config": spec["config"], "sets": spec["sets"],
             "dataset": config.dataset, "split": ev.split, "train_questions": results["train_questions"],
             "eval_questions": results["eval_questions"],
             "aggregation": results["aggregation"] or results["teacher_scores"], "note": spec.get("note"),
+            "lists_dir": spec.get("lists_dir"),
             "kept_round": results["kept_round"], "guard": r1.get("guard"), "system": spec["system"],
             "metrics": metrics, "labelled_systems": sorted(labelled), "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
-            "teacher_knowledge": teacher_knowledge(config, out), "wall_s": r1.get("wall_s"),
+            "teacher_knowledge": teacher_knowledge(config, lists), "wall_s": r1.get("wall_s"),
             "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
             "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,
             "student_steps": (r1.get("retriever") or {}).get("train", {}).get("global_step")}

@@ -46,7 +46,9 @@ def _run_section(r: dict) -> list[str]:
          f"{r['train_questions']:,} training questions, teacher `{r['aggregation']}` over each list of "
          f"{r['n_passages']} candidates (MiniLM's top 10 merged with BM25's, the first 10 in RRF order"
          + (f"; {r['note']}" if r.get("note") else "") + "), "
-         f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second; the query tower "
+         + (f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second"
+            if r.get("teacher_pairs_per_s") else f"the {r['pairs']:,} scores of `{r.get('lists_dir')}` (no new scoring)")
+         + "; the query tower "
          f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
          f"Wall time: round {w.get('round', 0) / 60:.0f} min, teacher {w.get('teacher', 0) / 60:.0f} min, student "
          f"{w.get('retriever', 0) / 60:.1f} min. Round guard: {'worse' if guard.get('worse') else 'kept'}"

@@ -247,7 +247,8 @@ def test_a_ranker_teaches_the_retriever_with_its_scores_of_each_list(fidkd_env, 
     ranker = CrossEncoder.from_pretrained(tmp_path / "ce").eval()
     out = tmp_path / "ranker"
     results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, out, "teacher_scores=ranker",
-                                              f"teacher.ranker={tmp_path / 'ce'}", "teacher.ranker_max_length=48"))
+                                              f"teacher.ranker={tmp_path / 'ce'}", "teacher.ranker_max_length=48",
+                                              "teacher.ranker_dtype=float32"))  # exact: compared in float32 below
     assert len(results["rounds"]) == 2 and results["final_reader"] is None
     for k in (1, 2):
         rd = out / f"round-{k}"
