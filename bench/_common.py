@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import resource
@@ -119,6 +120,16 @@ def command_line(drop: tuple[str, ...] = ("--note", "--only")) -> str:
         if not skip:
             args.append(a)
     return ".venv/bin/python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], BENCH_DIR.parent), *args])
+
+
+def paired_difference(first: dict, second: dict) -> dict:
+    """Per query (the keys of `first`), second - first: the mean, its 95% normal half-width (paired, so tighter
+    than the two means' own intervals) and how many queries went each way."""
+    d = [second[q] - first[q] for q in first]
+    mean = math.fsum(d) / len(d)
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1))
+    return {"mean_diff": round(mean, 4), "half_width": round(1.96 * sd / math.sqrt(len(d)), 4), "queries": len(d),
+            "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
 SUMMARY_FIELDS = ("system", "dataset", "split", "labels_used", "metrics")

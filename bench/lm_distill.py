@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, summary_row, write_results
+from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
 from lm_distill_report import markdown, summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,14 +91,6 @@ def run_or_read(spec: dict) -> dict:
         return json.loads(path.read_text())
     return recipe().run(config)
 
-
-def paired(first: dict, second: dict) -> dict:
-    """Mean of second - first per query, and its 95% normal half-width."""
-    d = [second[q] - first[q] for q in first]
-    mean = math.fsum(d) / len(d)
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1))
-    return {"mean_diff": round(mean, 4), "half_width": round(1.96 * sd / math.sqrt(len(d)), 4), "queries": len(d),
-            "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
 def per_query(run, ds, metric: str) -> dict[str, float]:
@@ -215,8 +206,8 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
         labelled = {name for name in systems if "gold" in name}
     metrics = {name: evaluate_retrieval(run, ds) for name, run in systems.items()}
     focus = ("Top-1", "Top-5") if config.dataset == "squad-open" else ("nDCG@10",)
-    diffs = {m: paired(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
-    diffs_bm25 = {m: paired(per_query(bm25, ds, m), per_query(distilled, ds, m)) for m in focus}
+    diffs = {m: paired_difference(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
+    diffs_bm25 = {m: paired_difference(per_query(bm25, ds, m), per_query(distilled, ds, m)) for m in focus}
     r1 = results["rounds"][0]
     lists = WORK_DIR / "runs" / spec.get("lists_dir", spec["dir"])  # a score-file run reads another run's lists
     teacher = r1.get("teacher") or {}

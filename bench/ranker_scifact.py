@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, summary_row, write_results
+from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = "configs/cross-encoder-scifact-cpu.yaml"
@@ -51,13 +50,6 @@ def train_or_read(out: Path, sets: list[str]) -> dict:
                          [f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", "eval=null", *sets])
     return recipe().run(config)
 
-
-def paired(first: dict, second: dict) -> dict:
-    d = [second[q] - first[q] for q in first]
-    mean = math.fsum(d) / len(d)
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / max(len(d) - 1, 1))
-    return {"mean_diff": round(mean, 4), "half_width": round(1.96 * sd / math.sqrt(len(d)), 4), "queries": len(d),
-            "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
 def measure(top_k: int) -> dict:
@@ -93,7 +85,7 @@ def measure(top_k: int) -> dict:
         pairs = sum(min(len(h), top_k) for h in bm25.values())
         rows[f"{name.strip()} re-ranking BM25 top-{top_k}"] = {
             "metrics": evaluate_run(run, qrels=ds.qrels), "labels_used": labels, "model": str(path),
-            "paired_vs_bm25": paired(base, per_query(run)), "pairs": pairs,
+            "paired_vs_bm25": paired_difference(base, per_query(run)), "pairs": pairs,
             "pairs_per_s": round(pairs / wall, 1), "dtype": ranker.inference_dtype}
     return {"rows": rows, "training": {k: {"train": v["train"], "train_examples": v["train_examples"]}
                                        for k, v in trained.items()}, "top_k": top_k}
