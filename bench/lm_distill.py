@@ -10,6 +10,8 @@ its training lists (its first passage against BM25's and MiniLM's first, on the 
 
 Runs (each a shipped config plus the overrides in RUNS, output under bench/work/runs/):
   squad_ql     squad-open, 1,000 seeded train questions, log p(question | passage): questions only
+  squad_pdist  the same questions, log p(answer | passage, question): questions and answers
+  squad_emdr2  squad_pdist's scores under EMDR² instead of KL (student only)
   squad_ranker the same questions, the answer-trained cross-encoder as the teacher (for comparison; needs
                bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
@@ -34,6 +36,16 @@ RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
                  "system": "MiniLM distilled from SmolLM2 question likelihood (questions only)"},
+    "squad_pdist": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k", "sets": [*SQUAD_SETS, "teacher.aggregation=pdist"],
+                    "system": "MiniLM distilled from SmolLM2 pdist (questions + answers)"},
+    # The pdist run's scores, as they are, under EMDR² instead of KL on z-scores (student only; no new scoring).
+    # They are per-token means: for one answer per list, EMDR² on the sums with the teacher's log-probs divided
+    # by the answer's token count.
+    "squad_emdr2": {"config": SQUAD, "dir": "fid-kd-smollm2-pdist-1k-emdr2", "lists_dir": "fid-kd-smollm2-pdist-1k",
+                    "sets": [*SQUAD_SETS, f"teacher_scores={WORK_DIR / 'runs' / 'fid-kd-smollm2-pdist-1k' / 'round-1' / 'teacher' / 'scores.jsonl'}",
+                             "retriever.loss=emdr2", "teacher.normalize=none", "teacher.scale=1.0"],
+                    "system": "MiniLM distilled from SmolLM2 pdist with EMDR² (questions + answers)",
+                    "note": "EMDR² on the per-token mean log-likelihoods, raw (teacher.normalize none, scale 1)"},
     "squad_ranker": {"config": "configs/fid-kd-answers-squad-cpu.yaml", "dir": "fid-kd-ranker-1k",
                      "sets": ["max_train_queries=1000", "rounds=1", "teacher_scores=ranker",
                               f"teacher.ranker={WORK_DIR / 'runs' / 'ce-answers' / 'final'}",
