@@ -198,9 +198,9 @@ def rerank(
     from distillir.cli.inputs import check_output_file, check_run, resolve_corpus, resolve_queries
     from distillir.data.run import Run
     from distillir.errors import ConfigError
-    from distillir.rankers.cross_encoder import CrossEncoder
+    from distillir.rankers.cross_encoder import INFERENCE_DTYPES, CrossEncoder
 
-    if dtype not in ("auto", "float32", "bfloat16"):
+    if dtype not in INFERENCE_DTYPES:
         raise ConfigError(f"--dtype must be auto, float32 or bfloat16, got {dtype!r}")
     check_output_file(out, overwrite)
     the_run = Run.read(run)

@@ -255,7 +255,6 @@ class CrossEncoder(nn.Module, Ranker):
             self.train(was_training)
         return scores
 
-
     def with_inference_dtype(self, dtype: str) -> CrossEncoder:
         """Score in `dtype` from now on: "float32", "bfloat16", or "auto" (bfloat16 where the CPU has it
         natively, else float32)."""
@@ -263,7 +262,7 @@ class CrossEncoder(nn.Module, Ranker):
             from distillir.retrievers.dense.inference import default_encoding_dtype
 
             dtype = default_encoding_dtype()
-        if dtype not in ("float32", "bfloat16"):
+        if dtype not in INFERENCE_DTYPES[1:]:
             raise ConfigError(f"ranker inference dtype must be float32, bfloat16 or auto, got {dtype!r}")
         self.inference_dtype = dtype
         return self
@@ -271,6 +270,9 @@ class CrossEncoder(nn.Module, Ranker):
     def _autocast(self):
         enabled = self.inference_dtype == "bfloat16"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")  # what with_inference_dtype accepts
 
 
 def _read_settings(path: str) -> dict[str, Any]:
