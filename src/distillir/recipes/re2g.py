@@ -7,17 +7,20 @@
    labels) or the split's gold passages (`ranker.positives: gold`). `ranker.steps: 0` uses `ranker.model`
    as it is (a cross-encoder trained elsewhere).
 3. end to end: per question the re-ranker scores all candidates, the generator reads the top `n_generate`,
-   each passage alone, and its answer likelihood is marginalised with weights softmax(r) over them (RAG-token;
-   `distillir.readers.rag`), so the generator's loss trains the re-ranker too. The query encoder gets no
+   each passage alone, and its answer likelihood is marginalised with weights softmax(r) over them (RAG-token
+   or -sequence), so the generator's loss trains the re-ranker too. The generator is a seq2seq reader
+   (`readers.rag`, trained) or a causal LM (`generator.kind: causal-lm`, `readers.rag_lm`: frozen, or its last
+   `generator.lm.train_layers` layers trained). The query encoder gets no
    gradient from the generator: it is frozen, or trained by online distillation from the re-ranker,
    alpha T^2 KL(softmax(r / T) || softmax(s / T)) over the candidates (alpha 0.9, T 10). The passage index is
    frozen (the passage tower never trains), so the corpus is embedded once.
 4. eval: BM25, the start and the trained dense retriever, the merged candidates before and after re-ranking
-   (answer recall Top-k, gold MRR@10), and the generator's EM/F1 on the re-ranked top `n_generate`.
+   (answer recall Top-k, gold MRR@10), and the generator's EM/F1 on the re-ranked top `n_generate`; with
+   `eval.generator_baselines` also on BM25's, the start dense retriever's, and the start ranker's top n.
 
 Run directory: config.yaml, candidates/{train,eval}.jsonl, ranker/ (a phase), e2e/ (checkpoints, log.jsonl),
-final/{query_encoder,ranker,generator}, stages/*.json (finished stages: resume skips them), metrics.json,
-results.json.
+final/{query_encoder,ranker,generator}, eval/generations.jsonl (answers as they come: a killed eval resumes),
+stages/*.json (finished stages: resume skips them), metrics.json, results.json.
 """
 
 from __future__ import annotations
@@ -31,21 +34,21 @@ import torch
 from torch import nn
 
 from distillir.data.answers import has_answer
+from distillir.data.run import Run
 from distillir.errors import ConfigError, InputError
 from distillir.evaluation.qa import evaluate_answers
 from distillir.losses import Re2GLoss
 from distillir.models import DEFAULT_ENCODER
-from distillir.models.seq2seq import IGNORE_INDEX
 from distillir.rankers.cross_encoder import CrossEncoder
-from distillir.readers.fid import FiDReader
 from distillir.readers.fid_data import load_fid_examples
-from distillir.readers.rag import marginal_log_likelihood, predict_marginal, top_passages
+from distillir.readers.rag import top_passages
+from distillir.recipes.common.candidate_lists import CandidateList, Re2GCollator, generator_examples
 from distillir.recipes.common.config import QAEvalConfig, ReaderConfig
+from distillir.recipes.common.generators import build_generator, generate_logged, load_generator
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
 from distillir.recipes.common.reading import (
     CollatorRNGCallback,
-    build_reader,
     evaluate_retrieval,
     load_eval_split,
     qa_training_split,
@@ -126,6 +129,10 @@ class Re2GEndToEnd:
 @dataclass
 class Re2GEval(QAEvalConfig):
     batch_size: int = 8  # questions per generation batch
+    # Also read BM25's top n_generate, the start dense retriever's, and the start candidates re-ranked by the
+    # start ranker (the pipeline, no end-to-end training), with the same generator and prompts.
+    generator_baselines: bool = False
+    ranker_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has it natively
 
 
 @dataclass
@@ -144,64 +151,15 @@ class Re2GConfig(RunConfig):
 # ------------------------------------------------------------------------------------------- parts
 
 
-@dataclass
-class CandidateList:
-    """One training question with its merged candidates (passage ids, first-stage order)."""
-
-    index: int
-    qid: str
-    question: str
-    answers: list[str]
-    pids: list[str]
-
-
-class Re2GCollator:
-    """CandidateLists -> {"pairs" (B*C re-ranker inputs), "query", "passage_embeddings" (B, C, d), "mask",
-    "rows" (indices into the training lists)}; C = the batch's longest list, shorter ones padded and masked."""
-
-    def __init__(self, ranker, encoder, corpus, passage_embeddings):
-        self.ranker = ranker
-        self.encoder = encoder
-        self.corpus = corpus
-        self.passage_embeddings = passage_embeddings
-
-    def __call__(self, examples: Sequence[CandidateList]) -> dict[str, Any]:
-        width = max(len(ex.pids) for ex in examples)
-        rows = torch.zeros(len(examples), width, dtype=torch.long)
-        mask = torch.zeros(len(examples), width, dtype=torch.bool)
-        queries, titles, texts = [], [], []
-        for i, ex in enumerate(examples):
-            index = [self.corpus.index_of[pid] for pid in ex.pids]
-            rows[i, : len(index)], mask[i, : len(index)] = torch.tensor(index), True
-            pad = [""] * (width - len(index))
-            titles += [self.corpus.titles[r] for r in index] + pad
-            texts += [self.corpus.texts[r] for r in index] + pad
-            queries += [ex.question] * width
-        return {
-            "pairs": self.ranker.tokenize(queries, titles, texts),
-            "query": self.encoder.tokenize_queries([ex.question for ex in examples]),
-            "passage_embeddings": self.passage_embeddings[rows] * mask.unsqueeze(-1),
-            "mask": mask,
-            "rows": torch.tensor([ex.index for ex in examples]),
-        }
-
-
-def generator_examples(lists: Sequence[CandidateList], chosen, corpus) -> list[dict]:
-    """Reader examples (ctxs layout) holding each question's chosen candidates, in the chosen order."""
-    return [{"id": ex.qid, "question": ex.question, "answers": ex.answers,
-             "ctxs": [corpus.passage(ex.pids[j]) for j in picks]} for ex, picks in zip(lists, chosen)]
-
-
 class Re2GStep:
     """Trainer `loss_fn`: the re-ranker picks each question's top `n_generate` candidates, the generator reads
     them alone and its marginal likelihood (`readers.rag`) and, when the query encoder is distilled, its scores
     over all candidates go into `losses.Re2GLoss`."""
 
-    def __init__(self, lists: Sequence[CandidateList], corpus, generator_collate, config: Re2GEndToEnd,
-                 scale: float):
+    def __init__(self, lists: Sequence[CandidateList], corpus, generator, config: Re2GEndToEnd, scale: float):
         self.lists = lists
         self.corpus = corpus
-        self.collate = generator_collate
+        self.generator = generator  # recipes.common.generators: a seq2seq reader or a causal LM
         self.config = config
         self.scale = scale
         self.loss = Re2GLoss(config.kd_alpha if config.query_encoder == "distill" else None, config.kd_temperature)
@@ -212,9 +170,8 @@ class Re2GStep:
         top, log_weights, present = top_passages(ranker_scores, mask, self.config.n_generate)
         lists = [self.lists[int(i)] for i in batch["rows"]]
         picks = [[int(j) for j, p in zip(row, ok) if p] for row, ok in zip(top.tolist(), present.tolist())]
-        gen_batch = self.collate(generator_examples(lists, picks, self.corpus)).to(ranker_scores.device)
-        log_likelihood = marginal_log_likelihood(model.generator, gen_batch, log_weights, self.config.style)
-        tokens = (gen_batch.labels != IGNORE_INDEX).sum(dim=-1)  # Re2GLoss divides by at least 1
+        log_likelihood, tokens = self.generator.log_likelihood(generator_examples(lists, picks, self.corpus),
+                                                               log_weights, self.config.style)
         if self.loss.kd is None:
             return self.loss(log_likelihood, tokens)
         q = model.query_encoder.encode_query(batch["query"])
@@ -339,23 +296,26 @@ class Re2GRecipe(Recipe):
         scale = e.scale or (20.0 if encoder.settings.normalize else 1.0)
         ranker = CrossEncoder.from_pretrained(self._ranker_path(config, out), max_length=config.ranker.max_length,
                                               query_max_length=config.ranker.query_max_length)
-        generator = build_reader(config.generator, e.n_generate, config.seed)
+        generator = build_generator(config.generator, e.n_generate, config.seed)
         embeddings = encode_corpus_cached(encoder, self.corpus, config.retrieval.batch_size,
                                           dtype=config.retrieval.dtype)
         # One module (attribute access by key), so one Trainer steps and checkpoints all three parts together.
-        model = nn.ModuleDict({"query_encoder": encoder, "ranker": ranker, "generator": generator})
+        # A frozen causal LM stays out of it (nothing of it trains or needs checkpointing).
+        parts = {"query_encoder": encoder, "ranker": ranker}
         lr = e.trainer.learning_rate
-        groups = [{"params": generator, "lr": lr}, {"params": ranker, "lr": e.ranker_learning_rate or lr}]
+        groups = [{"params": ranker, "lr": e.ranker_learning_rate or lr}]
+        if generator.module is not None:
+            parts["generator"] = generator.module
+            groups.append({"params": [p for p in generator.module.parameters() if p.requires_grad], "lr": lr})
+        model = nn.ModuleDict(parts)
         if e.query_encoder == "distill":
             groups.append({"params": encoder.query_model, "lr": e.query_learning_rate or lr})
-        collate = generator.collator(e.n_generate, answer_choice=config.generator.answer_choice,
-                                     seed=config.seed, labels=True)
         args = TrainingArguments.from_config(e.trainer, output_dir=out / "e2e", seed=config.seed,
                                              resume=config.resume)
         trainer = Trainer(model, args, lists, Re2GCollator(ranker, encoder, self.corpus, embeddings),
-                          loss_fn=Re2GStep(lists, self.corpus, collate, e, scale), param_groups=groups,
-                          # The collator draws each question's answer: its RNG is checkpointed for exact resumes.
-                          callbacks=[CollatorRNGCallback(collate), *self.callbacks])
+                          loss_fn=Re2GStep(lists, self.corpus, generator, e, scale), param_groups=groups,
+                          # The generator draws each question's answer: its RNG is checkpointed for exact resumes.
+                          callbacks=[CollatorRNGCallback(generator), *self.callbacks])
         summary = trainer.train()
         final = out / FINAL_DIR
         save_on_main((encoder, final / "query_encoder"), (ranker, final / "ranker"), (generator, final / "generator"))
@@ -363,34 +323,41 @@ class Re2GRecipe(Recipe):
 
     def _evaluate(self, config: Re2GConfig, out: Path) -> dict[str, Any]:
         r, ev, e = config.retrieval, config.eval, config.e2e
-        final = out / FINAL_DIR
+        final, d, ds = out / FINAL_DIR, out / "candidates", self.eval_ds
         encoder = BiEncoder.from_pretrained(final / "query_encoder")
-        ds = self.eval_ds
         dense = self._dense(encoder, ds.corpus, config).search(ds.queries, top_k=max(ev.top_k, r.dense_depth))
         bm25 = bm25_cached(ds.corpus).search(ds.queries, top_k=r.bm25_depth)
         merged = union_of_tops([(bm25, r.bm25_depth), (dense, r.dense_depth)])
-        ranker = CrossEncoder.from_pretrained(final / "ranker")
-        reranked = ranker.rerank(merged, ds.queries, ds.corpus, top_k=r.bm25_depth + r.dense_depth,
-                                 batch_size=64)
+        depth = r.bm25_depth + r.dense_depth
+        reranked = self._load_ranker(final / "ranker", ev).rerank(merged, ds.queries, ds.corpus, top_k=depth,
+                                                                  batch_size=64)
         reranked.write_trec(out / "eval" / "reranked.trec", tag="re2g")
         metrics: dict[str, Any] = {"dense_trained": evaluate_retrieval(dense, ds),
                                    "merged_trained": evaluate_retrieval(merged, ds),
                                    "reranked": evaluate_retrieval(reranked, ds)}
-        generator = FiDReader.from_pretrained(final / "generator", n_passages=e.n_generate,
-                                              passage_max_length=config.generator.passage_max_length,
-                                              answer_max_length=config.generator.answer_max_length)
-        qids = [q for q in ds.queries.ids if reranked.get(q)]
-        if ev.reader_max_queries is not None:
-            qids = qids[: ev.reader_max_queries]
-        examples = [{"id": qid, "question": ds.queries.texts[ds.queries.index_of[qid]],
-                     "ctxs": [{**ds.corpus.passage(pid), "score": score} for pid, score in reranked[qid][: e.n_generate]]}
-                    for qid in qids]
-        predictions = predict_marginal(generator, examples, batch_size=ev.batch_size, n_passages=e.n_generate,
-                                       max_new_tokens=config.generator.answer_max_length)
-        write_json(out / "eval" / "predictions.json", predictions)
-        metrics["generator"] = evaluate_answers(predictions, ds.queries.subset(qids))
-        start = (read_json(out / STAGES_DIR / "candidates.json") or {}).get("metrics", {})
-        return {"metrics": {**start, **metrics}}
+        systems = {"reranked": reranked}
+        if ev.generator_baselines:  # the pipeline without end-to-end training, read by the same generator
+            start = self._load_ranker(self._ranker_path(config, out), ev).rerank(
+                Run.read_jsonl(d / "eval.jsonl"), ds.queries, ds.corpus, top_k=depth, batch_size=64)
+            metrics["reranked_start"] = evaluate_retrieval(start, ds)
+            systems.update(bm25=Run.read_trec(d / "eval_bm25.trec"), dense_start=Run.read_trec(d / "eval_dense_start.trec"),
+                           reranked_start=start)
+        qids = [q for q in ds.queries.ids if reranked.get(q)][: ev.reader_max_queries]
+        examples = {name: [{"id": qid, "question": ds.queries.texts[ds.queries.index_of[qid]],
+                            "ctxs": [{**ds.corpus.passage(pid), "score": score} for pid, score in run[qid][: e.n_generate]]}
+                           for qid in qids if run.get(qid)] for name, run in systems.items()}
+        generator = load_generator(final / "generator", config.generator, e.n_generate, config.seed)
+        predictions = generate_logged(generator, examples, out / "eval" / "generations.jsonl", ev.batch_size)
+        write_json(out / "eval" / "predictions.json", predictions["reranked"])
+        for name in systems:
+            key = "generator" if name == "reranked" else f"generator_{name}"
+            metrics[key] = evaluate_answers(predictions[name], ds.queries.subset(qids))
+        start_metrics = (read_json(out / STAGES_DIR / "candidates.json") or {}).get("metrics", {})
+        return {"metrics": {**start_metrics, **metrics}}
+
+    @staticmethod
+    def _load_ranker(path, ev: Re2GEval) -> CrossEncoder:
+        return CrossEncoder.from_pretrained(path).with_inference_dtype(ev.ranker_dtype)
 
 
 __all__ = ["CandidateList", "Re2GCollator", "Re2GConfig", "Re2GRecipe", "Re2GStep"]

@@ -135,10 +135,15 @@ class CausalLMConfig:
     answers: Literal["max", "mean"] = "max"  # pdist over several gold answers
     read_passages: int = 1  # passages joined as the context when answering (reader_eval)
     cache: bool = True  # scores cached by (model, prompt, target) under $DISTILLIR_CACHE: resumable, reusable
+    # Re2G's generator: train the last N decoder layers (and the final norm) end to end; 0 keeps the LM frozen, so
+    # only the re-ranker learns from its likelihood (the CPU choice: a step is one forward, no LM backward).
+    train_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.read_passages < 1:
             raise ConfigError(f"read_passages must be at least 1, got {self.read_passages}")
+        if self.train_layers < 0:
+            raise ConfigError(f"train_layers must not be negative, got {self.train_layers}")
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""Re2G measured on squad-open (issue 17): retrieve (BM25 + MiniLM) -> re-rank (the answer-trained cross-encoder)
+-> generate (SmolLM2-135M-Instruct reading each passage alone, marginalised with the re-ranker's softmax).
+
+Two recipe runs of configs/re2g-smollm2-squad-cpu.yaml on the same 1,000 seeded dev questions:
+  kd:     end to end with online distillation into the query encoder; its evaluation also has the generator
+          read BM25's top 5, MiniLM's top 5, and the start candidates re-ranked by the start ranker (the pipeline);
+  frozen: end to end with the query encoder frozen (no KD).
+then both query encoders (start and after KD) on all 10,570 dev questions. Rows: EM / F1 of the generator and
+the answer recall (Top-k) of what it reads; paired 95% intervals for the paper's claims.
+
+    .venv/bin/python bench/re2g.py                 # runs what is missing (finished stages are read; resumable)
+    .venv/bin/python bench/re2g.py --render-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/re2g-smollm2-squad-cpu.yaml"
+RANKER = WORK_DIR / "runs" / "ce-answers" / "final"  # bench/ranker_answers.py trains it (the config's ranker)
+RUNS = {"kd": [], "frozen": ["e2e.query_encoder=frozen", "eval.generator_baselines=false"]}
+# (system in the tables, run, system in its generations log, retrieval metrics key in the run's metrics)
+SYSTEMS = [
+    ("SmolLM2 over BM25's top 5", "kd", "bm25", "bm25"),
+    ("SmolLM2 over MiniLM's top 5", "kd", "dense_start", "dense_start"),
+    ("pipeline: BM25 + MiniLM merged, re-ranked, top 5", "kd", "reranked_start", "reranked_start"),
+    ("Re2G end to end, query encoder frozen (no KD)", "frozen", "reranked", "reranked"),
+    ("Re2G end to end with online KD", "kd", "reranked", "reranked"),
+]
+KEYS = ("EM", "F1", "Top-1", "Top-5")
+CLAIMS = [  # (claim, first system, second system): second - first, paired per question
+    ("merged + re-ranked beats BM25 alone", 0, 2),
+    ("merged + re-ranked beats MiniLM alone", 1, 2),
+    ("end to end with KD beats the pipeline", 2, 4),
+    ("end to end with KD beats end to end without", 3, 4),
+]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranker", default=str(RANKER), help="the start re-ranker (a saved cross-encoder)")
+    p.add_argument("--only", choices=sorted(RUNS), help="run one recipe run and stop (no report)")
+    p.add_argument("--name", default="re2g")
+    p.add_argument("--render-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def run_dir(name: str) -> Path:
+    return WORK_DIR / "runs" / f"re2g-smollm2-{name}"
+
+
+def recipe_run(name: str, ranker: str) -> dict:
+    from distillir.recipes import get_recipe
+    from distillir.training.config import load_config
+
+    out = run_dir(name)
+    if (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    recipe = get_recipe("re2g")
+    config = load_config(recipe.Config, REPO / CONFIG, [f"output_dir={out}", f"resume={str(out.is_dir()).lower()}",
+                                                        f"ranker.model={ranker}", *RUNS[name]])
+    started = time.time()
+    results = recipe().run(config)
+    (out / "bench_wall_s.json").write_text(json.dumps({"wall_s": round(time.time() - started, 1)}))
+    return results
+
+
+def all_dev_retrieval() -> dict:
+    """Top-k of the start and the KD-trained query encoders on every dev question (the corpus embedded once)."""
+    from distillir.recipes.common.reading import evaluate_retrieval, load_eval_split
+    from distillir.retrievers.dense.encoder import BiEncoder
+    from distillir.retrievers.dense.retriever import DenseRetriever
+
+    cached = run_dir("kd") / "all_dev_retrieval.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    ds = load_eval_split("squad-open", "dev", None, 42, None)
+    out = {}
+    for name, path in (("start", "sentence-transformers/all-MiniLM-L6-v2"),
+                       ("kd", run_dir("kd") / "final" / "query_encoder")):
+        encoder = BiEncoder.from_pretrained(path)
+        run = DenseRetriever.build(ds.corpus, encoder, batch_size=64, dtype="bfloat16", cache=True).search(
+            ds.queries, top_k=100)
+        out[name] = evaluate_retrieval(run, ds)
+    cached.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def per_question(name: str) -> dict:
+    """{system: {qid: (EM, F1)}} from a run's generations log, and its questions' answers."""
+    from distillir.data.datasets import load_dataset
+    from distillir.evaluation.qa import exact_match, f1_score
+
+    rows = [json.loads(x) for x in (run_dir(name) / "eval" / "generations.jsonl").read_text().splitlines()]
+    dev = load_dataset("squad-open", "dev")
+    answers = {q: dev.queries.answers[dev.queries.index_of[q]] for q in {r["id"] for r in rows}}
+    out: dict[str, dict] = {}
+    for r in rows:
+        out.setdefault(r["system"], {})[r["id"]] = (exact_match(r["answer"], answers[r["id"]]),
+                                                    f1_score(r["answer"], answers[r["id"]]))
+    return out
+
+
+def measure(args) -> dict:
+    results = {name: recipe_run(name, args.ranker) for name in RUNS}
+    scores = {name: per_question(name) for name in RUNS}
+    metrics = {name: results[name]["metrics"] for name in RUNS}
+    table = []
+    for label, run, system, retrieval in SYSTEMS:
+        gen = metrics[run]["generator" if system == "reranked" else f"generator_{system}"]
+        table.append({"system": label, "run": run, "EM": gen["EM"], "F1": gen["F1"], "questions": gen["queries"],
+                      **{k: metrics[run][retrieval].get(k) for k in ("Top-1", "Top-5", "Top-20")}})
+    claims = []
+    for claim, a, b in CLAIMS:
+        first, second = scores[SYSTEMS[a][1]][SYSTEMS[a][2]], scores[SYSTEMS[b][1]][SYSTEMS[b][2]]
+        common = [q for q in first if q in second]
+        diff = {m: paired_difference({q: first[q][i] for q in common}, {q: second[q][i] for q in common})
+                for i, m in enumerate(("EM", "F1"))}
+        held = diff["F1"]["mean_diff"] - diff["F1"]["half_width"] > 0
+        claims.append({"claim": claim, "first": SYSTEMS[a][0], "second": SYSTEMS[b][0], **diff,
+                       "held": "held" if held else ("reversed" if diff["F1"]["mean_diff"] + diff["F1"]["half_width"] < 0
+                                                    else "not shown")})
+    walls = {n: json.loads((run_dir(n) / "bench_wall_s.json").read_text())["wall_s"]
+             for n in RUNS if (run_dir(n) / "bench_wall_s.json").is_file()}
+    data = {"benchmark": "re2g", "environment": environment(), "command": command_line(), "config": CONFIG,
+            "ranker": args.ranker, "table": table, "claims": claims, "all_dev": all_dev_retrieval(),
+            "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in RUNS},
+            "wall_s": walls}
+    data["summary"] = [summary_row(r["system"], "squad-open", "dev (1,000 seeded)", False, r, KEYS) for r in table]
+    data["summary"] += [summary_row(f"MiniLM query encoder, {k}", "squad-open", "dev (all)", False, v,
+                                    ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"))
+                        for k, v in data["all_dev"].items()]
+    return data
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    path = REPO / "bench" / "results" / f"{args.name}.json"
+    if args.only:
+        recipe_run(args.only, args.ranker)
+        return
+    data = json.loads(path.read_text()) if args.render_only else measure(args)
+    from re2g_report import render
+
+    write_results(args.name, data, render(data))
+
+
+if __name__ == "__main__":
+    main()
