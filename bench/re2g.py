@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--only", choices=sorted(RUNS), help="run one recipe run and stop (no report)")
     p.add_argument("--name", default="re2g")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--partial", action="store_true",
+                   help="render from the finished runs only (rows and claims of unfinished runs left out), run nothing")
     return p.parse_args(argv)
 
 
@@ -111,16 +113,21 @@ def per_question(name: str) -> dict:
 
 
 def measure(args) -> dict:
-    results = {name: recipe_run(name, args.ranker) for name in RUNS}
-    scores = {name: per_question(name) for name in RUNS}
-    metrics = {name: results[name]["metrics"] for name in RUNS}
+    runs = [n for n in RUNS if not args.partial or (run_dir(n) / "results.json").is_file()]
+    results = {name: recipe_run(name, args.ranker) for name in runs}
+    scores = {name: per_question(name) for name in runs}
+    metrics = {name: results[name]["metrics"] for name in runs}
     table = []
     for label, run, system, retrieval in SYSTEMS:
+        if run not in runs:
+            continue
         gen = metrics[run]["generator" if system == "reranked" else f"generator_{system}"]
         table.append({"system": label, "run": run, "EM": gen["EM"], "F1": gen["F1"], "questions": gen["queries"],
                       **{k: metrics[run][retrieval].get(k) for k in ("Top-1", "Top-5", "Top-20")}})
     claims = []
     for claim, a, b in CLAIMS:
+        if SYSTEMS[a][1] not in runs or SYSTEMS[b][1] not in runs:
+            continue
         first, second = scores[SYSTEMS[a][1]][SYSTEMS[a][2]], scores[SYSTEMS[b][1]][SYSTEMS[b][2]]
         common = [q for q in first if q in second]
         diff = {m: paired_difference({q: first[q][i] for q in common}, {q: second[q][i] for q in common})
@@ -130,11 +137,11 @@ def measure(args) -> dict:
                        "held": "held" if held else ("reversed" if diff["F1"]["mean_diff"] + diff["F1"]["half_width"] < 0
                                                     else "not shown")})
     walls = {n: json.loads((run_dir(n) / "bench_wall_s.json").read_text())["wall_s"]
-             for n in RUNS if (run_dir(n) / "bench_wall_s.json").is_file()}
+             for n in runs if (run_dir(n) / "bench_wall_s.json").is_file()}
     data = {"benchmark": "re2g", "environment": environment(), "command": command_line(), "config": CONFIG,
             "ranker": args.ranker, "table": table, "claims": claims, "all_dev": all_dev_retrieval(),
-            "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in RUNS},
-            "wall_s": walls}
+            "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in runs},
+            "wall_s": walls, "runs_missing": [n for n in RUNS if n not in runs]}
     data["summary"] = [summary_row(r["system"], "squad-open", "dev (1,000 seeded)", False, r, KEYS) for r in table]
     data["summary"] += [summary_row(f"MiniLM query encoder, {k}", "squad-open", "dev (all)", False, v,
                                     ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"))

@@ -22,9 +22,9 @@ def reading(data: dict) -> str:
     other = [f"{c['claim']} ({c['held']}: F1 {c['F1']['mean_diff']:+.3f} ± {c['F1']['half_width']:.3f})"
              for c in data["claims"] if c["held"] != "held"]
     start, kd = data["all_dev"]["start"], data["all_dev"]["kd"]
-    text = [f"The generator is weak: its best F1 is {best['F1']:.3f} (EM {best['EM']:.3f}, {best['system']}), "
+    text = [(f"The generator is weak: its best F1 is {best['F1']:.3f} (EM {best['EM']:.3f}, {best['system']}), "
             "while the passages it reads hold an answer string far more often (Top-5 in the table), so most of "
-            "what separates the rows is lost in the reading: a 135M LM, untrained, answering from a two-example prompt."]
+            "what separates the rows is lost in the reading: a 135M LM, untrained, answering from a two-example prompt.")]
     if held:
         text.append("Held beyond the interval: " + "; ".join(held) + ".")
     if other:
@@ -63,5 +63,7 @@ def render(data: dict) -> str:
         format_table(_claims_table(data["claims"])), "",
         "## The query encoder after online KD (all dev questions)", "",
         format_table(all_dev), "",
+        *([f"Not measured yet: the {', '.join(data['runs_missing'])} run (its rows and claims are left out).", ""]
+          if data.get("runs_missing") else []),
         "## Reading", "", reading(data), "",
         "## Command", "", "```", data["command"], "```"])
