@@ -142,7 +142,12 @@ def measure(args) -> dict:
             "ranker": args.ranker, "table": table, "claims": claims, "all_dev": all_dev_retrieval(),
             "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in runs},
             "wall_s": walls, "runs_missing": [n for n in RUNS if n not in runs]}
-    data["summary"] = [summary_row(r["system"], "squad-open", "dev (1,000 seeded)", False, r, KEYS) for r in table]
+    import yaml
+
+    cfg = yaml.safe_load((run_dir(runs[0]) / "config.yaml").read_text())
+    data["e2e"] = {"steps": cfg["e2e"]["trainer"]["max_steps"], "batch": cfg["e2e"]["trainer"]["per_device_batch_size"],
+                   "questions": results[runs[0]]["train_questions"], "eval_questions": cfg["eval"]["max_queries"]}
+    data["summary"] = [summary_row(r["system"], "squad-open", f"dev ({data['e2e']['eval_questions']:,} seeded)", False, r, KEYS) for r in table]
     data["summary"] += [summary_row(f"MiniLM query encoder, {k}", "squad-open", "dev (all)", False, v,
                                     ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"))
                         for k, v in data["all_dev"].items()]

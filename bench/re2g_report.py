@@ -39,7 +39,7 @@ def reading(data: dict) -> str:
 def render(data: dict) -> str:
     from distillir.evaluation.report import format_table
 
-    env = data["environment"]
+    env, e = data["environment"], data["e2e"]
     table = [{"system": r["system"], "EM": r["EM"], "F1": r["F1"], "Top-1": r["Top-1"], "Top-5": r["Top-5"],
               "questions": r["questions"]} for r in data["table"]]
     all_dev = [{"query encoder": f"MiniLM, {k}", **{m: v.get(m) for m in ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10")}}
@@ -52,11 +52,11 @@ def render(data: dict) -> str:
          "merged with all-MiniLM-L6-v2's top 8; the re-ranker is the cross-encoder trained from question-answer pairs "
          f"alone (`{data['ranker']}`, bench/ranker_answers.py); the generator is SmolLM2-135M-Instruct (packaged "
          "GGUF, bf16, frozen) reading each of the top 5 alone with a two-example plain prompt, its answer "
-         "RAG-token-decoded (greedy) with the re-ranker's softmax as the passage weights; end-to-end training (100 "
-         "steps x 4 of 400 seeded training questions) trains the re-ranker through RAG-sequence marginal likelihood "
+         "RAG-token-decoded (greedy) with the re-ranker's softmax as the passage weights; end-to-end training "
+         f"({e['steps']} steps x {e['batch']} of {e['questions']} seeded training questions) trains the re-ranker through RAG-sequence marginal likelihood "
          "and, with KD, the query tower by alpha T^2 KL (0.9, 10). No relevance label is read for training. "
          f"Stage times: {stages}."), "",
-        "## What the generator reads and answers (1,000 seeded dev questions)", "",
+        f"## What the generator reads and answers ({e['eval_questions']:,} seeded dev questions)", "",
         "EM / F1 of the generated answer; Top-k: an answer string in the first k passages it reads (answer recall).", "",
         format_table(table), "",
         "## The paper's claims at this scale (paired per question, 95% normal interval)", "",
