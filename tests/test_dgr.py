@@ -3,6 +3,7 @@ and the recipe end to end (tiny random models) with resume."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from distillir.data.run import Run
 from distillir.data.toy import write_toy_beir
 from distillir.errors import ConfigError, InputError
 from distillir.evaluation import evaluate_run
-from distillir.losses import DistilledRankNetLoss
+from distillir.losses import DGRLoss, DistilledRankNetLoss, KLDivergenceLoss, RankListNetLoss
 from distillir.readers.fid import FiDReader
 from distillir.recipes import get_recipe
 from distillir.recipes.dgr import DGRCollator, DGRConfig, DGRRecipe, DGRStep, DGRStudentConfig, RankedList
@@ -157,3 +158,36 @@ def test_identifiers_that_tokenize_alike_are_made_distinct(tiny_bert_dir):
     student = GenerativeRetriever(reader, ["p1", "p2", "p3", "p4"], docids, docid_max_length=6)
     assert len({tuple(t) for t in student.docid_tokens}) == 4
     assert student.docids[1] == "VOLCANO | 1 ~2" and all(len(t) <= 6 for t in student.docid_tokens)
+
+
+def test_listnet_on_the_teacher_order_by_hand():
+    scores = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    got = RankListNetLoss()(scores, mask)
+    # grades 2, 1, 0 over three real entries; 1, 0 over two
+    t1 = [math.exp(g) / sum(math.exp(x) for x in (2, 1, 0)) for g in (2, 1, 0)]
+    p1 = [math.exp(s) / sum(math.exp(x) for x in (1.0, 0.0, -1.0)) for s in (1.0, 0.0, -1.0)]
+    t2 = [math.exp(1) / (math.exp(1) + 1), 1 / (math.exp(1) + 1)]
+    p2 = [math.exp(0.5) / (math.exp(0.5) + math.exp(2.0)), math.exp(2.0) / (math.exp(0.5) + math.exp(2.0))]
+    want = (-sum(t * math.log(p) for t, p in zip(t1, p1)) - sum(t * math.log(p) for t, p in zip(t2, p2))) / 2
+    assert got.item() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("rank_loss", ["kl", "listnet"])
+def test_ablation_losses_replace_the_ranknet_term(student, rank_loss):
+    config = DGRStudentConfig(rank_weight=0.5, list_size=3, rank_loss=rank_loss, kl_temperature=2.0)
+    lists = [RankedList("a", "volcano research", ["d0a", "d1a", "d2b"], [3.0, 1.0, -2.0]),
+             RankedList("b", "glacier", ["d1a", "d0b"], [0.5, 0.1])]
+    batch = DGRCollator(student, 3)(lists)
+    torch.testing.assert_close(batch["lists"]["teacher"], torch.tensor([[3.0, 1.0, -2.0], [0.5, 0.1, 0.0]]))
+    student.seq2seq.eval()
+    with torch.no_grad():
+        loss = DGRStep(student, config)(student.seq2seq, batch)
+        s = student.score(batch["lists"]["query"], batch["lists"]["labels"], per_query=3)
+        tokens = (batch["lists"]["labels"] != -100).sum(-1).view(2, 3)[:, 0]
+        mask = batch["lists"]["mask"]
+        term = (KLDivergenceLoss(2.0)(s, batch["lists"]["teacher"], mask) if rank_loss == "kl"
+                else RankListNetLoss()(s, mask))
+    torch.testing.assert_close(loss, (-s[:, 0] / tokens).mean() + 0.5 * term)
+    with pytest.raises(ValueError, match="rank_loss"):
+        DGRLoss(rank_loss="lambdarank")

@@ -11,6 +11,7 @@ queries:
 - `ListwiseCrossEntropyLoss` supervised listwise CE with gold labels (RocketQAv2 L_sup, Re2G and AR2 rankers)
 - `AdversarialRetrieverLoss` AR2's retriever step
 - `DistilledRankNetLoss`    DGR, with `order_by_teacher` to put the student's scores in the teacher's order
+- `RankListNetLoss`         ListNet on a teacher's order (DGR's loss ablation)
 - `InBatchListLoss`         other questions' lists as in-batch negatives for any list loss (B, B, n scores)
 
 Paper objectives that combine them: `JointListwiseLoss` (RocketQAv2), `Re2GLoss` (Re2G), `DGRLoss` (DGR).
@@ -28,6 +29,7 @@ from distillir.losses.generative_retrieval import DGRLoss
 from distillir.losses.in_batch_list import InBatchListLoss
 from distillir.losses.joint_listwise import JointListwiseLoss
 from distillir.losses.kl_divergence import KLDivergenceLoss
+from distillir.losses.listnet import RankListNetLoss
 from distillir.losses.listwise_ce import ListwiseCrossEntropyLoss
 from distillir.losses.max_margin import MaxMarginDistillLoss
 from distillir.losses.mse import MSEDistillLoss
@@ -45,6 +47,7 @@ __all__ = [
     "ListwiseCrossEntropyLoss",
     "MSEDistillLoss",
     "MaxMarginDistillLoss",
+    "RankListNetLoss",
     "Re2GLoss",
     "order_by_teacher",
 ]

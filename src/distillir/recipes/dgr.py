@@ -76,6 +76,10 @@ class DGRStudentConfig:
     indexing_words: int = 48  # opening words of a passage used as its indexing input
     list_size: int = 8  # the positive and list_size-1 negatives in the teacher's order
     rank_weight: float = 1.0
+    # The distillation term: DGR's RankNet; the paper's ablation: KL on the teacher's scores (temperature
+    # kl_temperature, student scores = summed identifier log-probs), or ListNet on the teacher's order.
+    rank_loss: Literal["ranknet", "kl", "listnet"] = "ranknet"
+    kl_temperature: float = 1.0
     base_margin: float = 1.0  # RankNet m, on the student's scale (sum of token log-probs)
     margin_step: float = 0.5  # RankNet delta
     first_weight: float = 3.0  # w_0
@@ -87,6 +91,8 @@ class DGRStudentConfig:
             raise ConfigError(f"student.list_size must be at least 2, got {self.list_size}")
         if self.rank_weight < 0:
             raise ConfigError(f"rank_weight must not be negative, got {self.rank_weight}")
+        if self.kl_temperature <= 0:
+            raise ConfigError(f"kl_temperature must be positive, got {self.kl_temperature}")
 
 
 @dataclass
@@ -125,6 +131,7 @@ class RankedList:
     qid: str
     query: str
     pids: list[str]
+    scores: list[float] = field(default_factory=list)  # the teacher's, aligned with pids (rank_loss: kl)
 
 
 @dataclass
@@ -147,14 +154,17 @@ class DGRCollator:
         batch: dict[str, Any] = {"lists": None, "index": None}
         if lists:
             n = min(self.list_size, max(len(ex.pids) for ex in lists))
-            pids, mask = [], []
+            pids, mask, teacher = [], [], []
             for ex in lists:
                 row = ex.pids[:n]
                 pids += row + [row[0]] * (n - len(row))  # padded with the positive, masked out
                 mask.append([True] * len(row) + [False] * (n - len(row)))
+                values = list(ex.scores[:n]) or [0.0] * len(row)
+                teacher.append(values + [0.0] * (n - len(values)))
             batch["lists"] = {"query": self.student.tokenize_queries([ex.query for ex in lists]),
                               "labels": self.student.docid_labels(pids),
-                              "mask": torch.tensor(mask, dtype=torch.bool)}
+                              "mask": torch.tensor(mask, dtype=torch.bool),
+                              "teacher": torch.tensor(teacher, dtype=torch.float)}
         if index:
             batch["index"] = {"query": self.student.tokenize_queries([ex.text for ex in index]),
                               "labels": self.student.docid_labels([ex.pid for ex in index])}
@@ -167,7 +177,8 @@ class DGRStep:
 
     def __init__(self, student, config: DGRStudentConfig):
         self.student = student
-        self.loss = DGRLoss(config.rank_weight, config.base_margin, config.margin_step, config.first_weight)
+        self.loss = DGRLoss(config.rank_weight, config.base_margin, config.margin_step, config.first_weight,
+                            rank_loss=config.rank_loss, temperature=config.kl_temperature)
 
     @staticmethod
     def _tokens(labels):
@@ -181,6 +192,7 @@ class DGRStep:
             parts["scores"] = self.student.score(lists["query"], lists["labels"], per_query=n)  # (B, n), teacher order
             parts["positive_tokens"] = self._tokens(lists["labels"]).view(-1, n)[:, 0]
             parts["mask"] = lists["mask"]
+            parts["teacher"] = lists["teacher"].to(parts["scores"].device)
         index = batch.get("index")
         if index is not None:
             parts["index_scores"] = self.student.score(index["query"], index["labels"], per_query=1)[:, 0]
@@ -304,9 +316,9 @@ class DGRRecipe(Recipe):
         scores = read_teacher_scores(out / "teacher" / "scores.jsonl", corpus=self.corpus)
         examples: list[Any] = []
         for qid in scores:
-            pids, _ = scores[qid]
+            pids, values = scores[qid]
             query = scores.queries.get(qid) or self.train.queries.texts[self.train.queries.index_of[qid]]
-            examples.append(RankedList(qid, query, list(pids)))
+            examples.append(RankedList(qid, query, list(pids), [float(v) for v in values]))
         n_lists = len(examples)
         if s.indexing:
             for pid, text in zip(self.corpus.ids, self.corpus.texts):
