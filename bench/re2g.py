@@ -97,6 +97,32 @@ def all_dev_retrieval() -> dict:
     return out
 
 
+def gold_reference() -> dict:
+    """The generator reading each sample question's gold paragraph alone (qrels read to evaluate only): what it
+    answers when retrieval is perfect, the ceiling of every row. Cached beside the kd run."""
+    from distillir.data.datasets import load_dataset
+    from distillir.evaluation.qa import evaluate_answers
+    from distillir.recipes import get_recipe
+    from distillir.recipes.common.generators import generate_logged, load_generator
+    from distillir.training.config import load_config
+
+    out = run_dir("kd") / "gold_reference.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    config = load_config(get_recipe("re2g").Config, run_dir("kd") / "config.yaml", [])
+    dev = load_dataset("squad-open", "dev")
+    qids = [json.loads(x)["id"] for x in (run_dir("kd") / "eval" / "generations.jsonl").read_text().splitlines()]
+    qids = [q for q in dict.fromkeys(qids) if dev.qrels.get(q)]
+    examples = [{"id": q, "question": dev.queries.texts[dev.queries.index_of[q]],
+                 "ctxs": [dev.corpus.passage(min(dev.qrels[q]))]} for q in qids]
+    generator = load_generator(run_dir("kd") / "final" / "generator", config.generator, 1, config.seed)
+    answers = generate_logged(generator, {"gold": examples}, run_dir("kd") / "eval" / "gold_generations.jsonl",
+                              config.eval.batch_size)["gold"]
+    result = {"metrics": evaluate_answers(answers, dev.queries.subset(list(answers)))}
+    out.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def per_question(name: str) -> dict:
     """{system: {qid: (EM, F1)}} from a run's generations log, and its questions' answers."""
     from distillir.data.datasets import load_dataset
@@ -139,7 +165,7 @@ def measure(args) -> dict:
     walls = {n: json.loads((run_dir(n) / "bench_wall_s.json").read_text())["wall_s"]
              for n in runs if (run_dir(n) / "bench_wall_s.json").is_file()}
     data = {"benchmark": "re2g", "environment": environment(), "command": command_line(), "config": CONFIG,
-            "ranker": args.ranker, "table": table, "claims": claims, "all_dev": all_dev_retrieval(),
+            "ranker": args.ranker, "table": table, "gold_reference": gold_reference()["metrics"], "claims": claims, "all_dev": all_dev_retrieval(),
             "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in runs},
             "wall_s": walls, "runs_missing": [n for n in RUNS if n not in runs]}
     import yaml

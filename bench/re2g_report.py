@@ -59,6 +59,9 @@ def render(data: dict) -> str:
         f"## What the generator reads and answers ({e['eval_questions']:,} seeded dev questions)", "",
         "EM / F1 of the generated answer; Top-k: an answer string in the first k passages it reads (answer recall).", "",
         format_table(table), "",
+        (f"Reference, not a system: the same generator reading each question's gold paragraph alone (the qrels, read "
+         f"only here) answers EM {data['gold_reference']['EM']:.3f} / F1 {data['gold_reference']['F1']:.3f} on "
+         f"{data['gold_reference']['queries']:,} of the questions: its answers with perfect retrieval."), "",
         "## The paper's claims at this scale (paired per question, 95% normal interval)", "",
         format_table(_claims_table(data["claims"])), "",
         "## The query encoder after online KD (all dev questions)", "",
