@@ -191,3 +191,28 @@ def test_ablation_losses_replace_the_ranknet_term(student, rank_loss):
     torch.testing.assert_close(loss, (-s[:, 0] / tokens).mean() + 0.5 * term)
     with pytest.raises(ValueError, match="rank_loss"):
         DGRLoss(rank_loss="lambdarank")
+
+
+def test_causal_lm_student_end_to_end(tiny_dataset, tiny_lm_dir, tiny_bert_dir, tmp_path):
+    """A decoder-only LM as the student: only its last layer trains, the saved retriever is the LM kind, and
+    its evaluation is the run it wrote."""
+    from transformers import AutoModelForCausalLM
+
+    from distillir.retrievers.generative_lm import CausalGenerativeRetriever, load_generative_retriever
+
+    out = tmp_path / "lm"
+    results = DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, "student.seq2seq.kind=causal-lm",
+                                          f"student.seq2seq.model={tiny_lm_dir}", "student.seq2seq.lm.train_layers=1",
+                                          "student.rank_loss=listnet"))
+    loaded = load_generative_retriever(out / "final")
+    assert isinstance(loaded, CausalGenerativeRetriever)
+    start = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).state_dict()
+    trained = loaded.model.state_dict()
+    changed = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert changed and all(k.startswith(("model.layers.1.", "model.norm.")) for k in changed)
+    test = load_dataset(str(tiny_dataset), "test")
+    want = evaluate_run(Run.read_trec(out / "eval" / "dgr.trec"), qrels=test.qrels, queries=test.queries,
+                        corpus=test.corpus)
+    assert results["metrics"] == want
+    with pytest.raises(ConfigError, match="train_layers"):
+        load_config(DGRConfig, None, ["student.seq2seq.kind=causal-lm"])

@@ -45,6 +45,7 @@ from distillir.recipes.common.reading import build_reader, evaluate_retrieval, l
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
+from distillir.retrievers.generative_lm import DEFAULT_PROMPT, load_generative_retriever
 from distillir.teachers.scores import TeacherScores, read_teacher_scores
 from distillir.training.arguments import TrainConfig, TrainingArguments
 from distillir.training.trainer import Trainer
@@ -68,7 +69,10 @@ class DGRTeacherConfig:
 
 @dataclass
 class DGRStudentConfig:
-    seq2seq: ReaderConfig = field(default_factory=ReaderConfig)  # init / model / num_layers of the seq2seq
+    # init / model / num_layers of the seq2seq; or kind: causal-lm, a decoder-only LM writing the identifier after
+    # `prompt` (`retrievers.generative_lm`), training its last seq2seq.lm.train_layers layers
+    seq2seq: ReaderConfig = field(default_factory=ReaderConfig)
+    prompt: str = DEFAULT_PROMPT  # causal-lm only: the query's prompt ({query})
     docid_scheme: Literal["title", "id"] = "title"
     query_max_length: int = 64
     docid_max_length: int = 32
@@ -93,6 +97,8 @@ class DGRStudentConfig:
             raise ConfigError(f"rank_weight must not be negative, got {self.rank_weight}")
         if self.kl_temperature <= 0:
             raise ConfigError(f"kl_temperature must be positive, got {self.kl_temperature}")
+        if self.seq2seq.kind == "causal-lm" and self.seq2seq.lm.train_layers < 1:
+            raise ConfigError("a causal-LM student trains its last layers: set student.seq2seq.lm.train_layers >= 1")
 
 
 @dataclass
@@ -305,10 +311,27 @@ class DGRRecipe(Recipe):
     def _build_student(self, config: DGRConfig, path: Path | None = None):
         s = config.student
         if path is not None:
-            return GenerativeRetriever.from_pretrained(path)
+            return load_generative_retriever(path)
+        if s.seq2seq.kind == "causal-lm":
+            return self._build_lm_student(config)
         reader = build_reader(s.seq2seq, 1, config.seed)
         return GenerativeRetriever(reader, self.corpus.ids, make_docids(self.corpus, s.docid_scheme),
                                    s.query_max_length, s.docid_max_length)
+
+    def _build_lm_student(self, config: DGRConfig):
+        from dataclasses import replace
+
+        from distillir.readers.rag_lm import train_last_layers
+        from distillir.recipes.common.reading import build_lm_reader
+        from distillir.retrievers.generative_lm import CausalGenerativeRetriever
+
+        s = config.student
+        lm_cfg = replace(s.seq2seq.lm, prompts=replace(s.seq2seq.lm.prompts, chat=False),
+                         dtype="float32" if s.seq2seq.lm.dtype == "auto" else s.seq2seq.lm.dtype)  # AdamW in float32
+        lm = build_lm_reader(replace(s.seq2seq, lm=lm_cfg))
+        train_last_layers(lm, s.seq2seq.lm.train_layers)
+        return CausalGenerativeRetriever(lm, self.corpus.ids, make_docids(self.corpus, s.docid_scheme),
+                                         s.query_max_length, s.docid_max_length, prompt=s.prompt)
 
     def _student(self, config: DGRConfig, out: Path) -> dict[str, Any]:
         s = config.student
