@@ -291,7 +291,8 @@ class DGRRecipe(Recipe):
         else:
             ranker = CrossEncoder.from_pretrained(cfg.model, max_length=cfg.max_length,
                                                   query_max_length=cfg.query_max_length)
-        scored = ranker.rerank(run, queries, self.corpus, top_k=config.candidates, batch_size=cfg.batch_size)
+        scored = ranker.rerank(run, queries, self.corpus, top_k=config.candidates, batch_size=cfg.batch_size,
+                               show_progress=True)
         lists = TeacherScores(f"cross-encoder:{path}")
         for qid, hits in scored.items():
             ordered = [p for p, _ in hits]  # the teacher's order

@@ -330,7 +330,7 @@ class Re2GRecipe(Recipe):
         merged = union_of_tops([(bm25, r.bm25_depth), (dense, r.dense_depth)])
         depth = r.bm25_depth + r.dense_depth
         reranked = self._load_ranker(final / "ranker", ev).rerank(merged, ds.queries, ds.corpus, top_k=depth,
-                                                                  batch_size=64)
+                                                                  batch_size=64, show_progress=True)
         reranked.write_trec(out / "eval" / "reranked.trec", tag="re2g")
         metrics: dict[str, Any] = {"dense_trained": evaluate_retrieval(dense, ds),
                                    "merged_trained": evaluate_retrieval(merged, ds),
@@ -338,7 +338,7 @@ class Re2GRecipe(Recipe):
         systems = {"reranked": reranked}
         if ev.generator_baselines:  # the pipeline without end-to-end training, read by the same generator
             start = self._load_ranker(self._ranker_path(config, out), ev).rerank(
-                Run.read_jsonl(d / "eval.jsonl"), ds.queries, ds.corpus, top_k=depth, batch_size=64)
+                Run.read_jsonl(d / "eval.jsonl"), ds.queries, ds.corpus, top_k=depth, batch_size=64, show_progress=True)
             metrics["reranked_start"] = evaluate_retrieval(start, ds)
             systems.update(bm25=Run.read_trec(d / "eval_bm25.trec"), dense_start=Run.read_trec(d / "eval_dense_start.trec"),
                            reranked_start=start)
