@@ -106,3 +106,20 @@ def test_shared_prompts_are_encoded_once_and_give_each_system_its_answer(reader)
     assert got["ab"]["q1"] == generate_mixtures(reader, prompts, [([0, 1], w)], 4)[0]
     assert got["b"]["q1"] == generate_mixtures(reader, prompts[1:], [([0], torch.zeros(1))], 4)[0]
     assert sorted(seen) == [("ab", "q1", got["ab"]["q1"]), ("b", "q1", got["b"]["q1"])]
+
+
+def test_a_shared_preamble_is_encoded_once_and_changes_no_answer(tiny_lm_dir):
+    from distillir.readers.prompts import PromptTemplate
+    from distillir.readers.rag_lm import shared_prefix_length
+
+    preamble = "Context: the tower was completed in 1889 in paris.\nQuestion: when was the tower completed?\nAnswer: 1889\n\n"
+    reader = CausalLMReader.from_pretrained(tiny_lm_dir, passage_max_tokens=24,
+                                            prompts=PromptTemplate(read=preamble + "Context: {passage}\nQuestion: {question}",
+                                                                   chat=False))
+    reader.model.generation_config.eos_token_id = None
+    prompts = [reader._prompt_ids(reader.read_prompt(q, p["title"], p["text"])) for q, p in ((Q, A), (Q, B), ("why", A))]
+    assert shared_prefix_length(prompts) >= 16 and shared_prefix_length(prompts[:1]) == 0
+    mixtures = [([0, 1], torch.log_softmax(torch.tensor([1.0, 0.0]), 0)), ([2], torch.zeros(1)), ([1], torch.zeros(1))]
+    shared = generate_mixtures(reader, prompts, mixtures, 5)
+    assert shared == generate_mixtures(reader, prompts, mixtures, 5, share_prefix=False)
+    assert shared[1] == reader.generate([reader.read_prompt("why", A["title"], A["text"])], max_new_tokens=5)[0]

@@ -118,28 +118,51 @@ def marginal_log_likelihood(reader: CausalLMReader, questions: Sequence[str], pa
     return mixed, valid.sum(dim=-1)
 
 
+MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a preamble apart saves less than it costs
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one of its own (0 below
+    MIN_SHARED_PREFIX or for a single prompt)."""
+    if len(prompts) < 2:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
 @torch.no_grad()
 def generate_mixtures(reader: CausalLMReader, prompts: Sequence[list[int]],
-                      mixtures: Sequence[tuple[Sequence[int], torch.Tensor]], max_new_tokens: int = 16) -> list[str]:
+                      mixtures: Sequence[tuple[Sequence[int], torch.Tensor]], max_new_tokens: int = 16,
+                      share_prefix: bool = True) -> list[str]:
     """Greedy RAG-token decoding of several mixtures over shared prompts: mixture m reads the prompts at its
     indices with its log-weights (renormalised), and each next token maximises log sum_k w_k p(token | prompt_k,
-    prefix). Each prompt is encoded once, however many mixtures read it (its KV cache rows are copied); an answer
-    ends at the LM's end token or a line break."""
+    prefix). Each prompt is encoded once, however many mixtures read it (its KV cache rows are copied), and with
+    `share_prefix` so is the preamble all prompts start with; an answer ends at the LM's end token or a line
+    break."""
     pad, eos = reader.tokenizer.pad_token_id, reader.model.generation_config.eos_token_id
     stops = set(eos if isinstance(eos, list) else [eos if eos is not None else reader.tokenizer.eos_token_id])
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for r, p in enumerate(prompts):  # left padding: every prompt's next token is at the same column
-        ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
     device = reader.device
+    base = reader.model.base_model  # the head runs on the last state only
+    shared = shared_prefix_length(prompts) if share_prefix else 0
+    cache = None
+    if shared:  # a prompt preamble every prompt starts with (few-shot examples): encoded once, its cache copied
+        cache = base(input_ids=torch.tensor([prompts[0][:shared]], device=device), use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+    width = max(len(p) for p in prompts) - shared
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for r, p in enumerate(prompts):  # left padding (after the shared part): each next token at the same column
+        ids[r, width - len(p) + shared:], mask[r, shared + width - len(p) + shared:] = torch.tensor(p[shared:]), 1
     rows = torch.tensor([i for index, _ in mixtures for i in index])
     owner = torch.tensor([m for m, (index, _) in enumerate(mixtures) for _ in index])
     weights = torch.cat([w.float() - torch.logsumexp(w.float(), dim=0) for _, w in mixtures]).to(device)
-    base = reader.model.base_model  # the head runs on the last state only
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     out = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-               use_cache=True)
+               past_key_values=cache, use_cache=True)
     cache = out.past_key_values
     cache.batch_select_indices(rows.to(device))  # one row per (mixture, prompt) read
     mask, positions = mask[rows].to(device), positions[rows, -1:].to(device)
