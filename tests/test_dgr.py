@@ -198,7 +198,7 @@ def test_causal_lm_student_end_to_end(tiny_dataset, tiny_lm_dir, tiny_bert_dir, 
     its evaluation is the run it wrote."""
     from transformers import AutoModelForCausalLM
 
-    from distillir.retrievers.generative_lm import CausalGenerativeRetriever, load_generative_retriever
+    from distillir.readers.generative_lm import CausalGenerativeRetriever, load_generative_retriever
 
     out = tmp_path / "lm"
     results = DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, "student.seq2seq.kind=causal-lm",

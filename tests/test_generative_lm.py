@@ -10,10 +10,10 @@ import torch
 from distillir.data.loaders import load_corpus
 from distillir.data.toy import write_toy_beir
 from distillir.readers.causal_lm import CausalLMReader
+from distillir.readers.generative_lm import CausalGenerativeRetriever, load_generative_retriever
 from distillir.readers.prompts import PromptTemplate
 from distillir.readers.rag_lm import train_last_layers
 from distillir.retrievers.generative import make_docids
-from distillir.retrievers.generative_lm import CausalGenerativeRetriever, load_generative_retriever
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -38,6 +38,7 @@ from distillir.losses import DGRLoss
 from distillir.models import DEFAULT_ENCODER
 from distillir.models.seq2seq import IGNORE_INDEX
 from distillir.rankers.cross_encoder import CrossEncoder
+from distillir.readers.generative_lm import DEFAULT_PROMPT, load_generative_retriever
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
@@ -45,7 +46,6 @@ from distillir.recipes.common.reading import build_reader, evaluate_retrieval, l
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
-from distillir.retrievers.generative_lm import DEFAULT_PROMPT, load_generative_retriever
 from distillir.teachers.scores import TeacherScores, read_teacher_scores
 from distillir.training.arguments import TrainConfig, TrainingArguments
 from distillir.training.trainer import Trainer
@@ -70,7 +70,7 @@ class DGRTeacherConfig:
 @dataclass
 class DGRStudentConfig:
     # init / model / num_layers of the seq2seq; or kind: causal-lm, a decoder-only LM writing the identifier after
-    # `prompt` (`retrievers.generative_lm`), training its last seq2seq.lm.train_layers layers
+    # `prompt` (`readers.generative_lm`), training its last seq2seq.lm.train_layers layers
     seq2seq: ReaderConfig = field(default_factory=ReaderConfig)
     prompt: str = DEFAULT_PROMPT  # causal-lm only: the query's prompt ({query})
     docid_scheme: Literal["title", "id"] = "title"
@@ -322,9 +322,9 @@ class DGRRecipe(Recipe):
     def _build_lm_student(self, config: DGRConfig):
         from dataclasses import replace
 
+        from distillir.readers.generative_lm import CausalGenerativeRetriever
         from distillir.readers.rag_lm import train_last_layers
         from distillir.recipes.common.reading import build_lm_reader
-        from distillir.retrievers.generative_lm import CausalGenerativeRetriever
 
         s = config.student
         lm_cfg = replace(s.seq2seq.lm, prompts=replace(s.seq2seq.lm.prompts, chat=False),

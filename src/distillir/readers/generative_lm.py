@@ -2,7 +2,8 @@
 identifier, constrained to the corpus's prefix tree (`retrievers.generative`), so it needs no trained seq2seq: a
 pretrained LM can already write the title of a passage about the query. A passage's score is the sum of its
 identifier's token log-probabilities after the prompt; the LM is frozen or trains its last layers
-(`readers.rag_lm.train_last_layers`), e.g. with DGR's objective.
+(`readers.rag_lm.train_last_layers`), e.g. with DGR's objective. It lives with the readers because it is
+one: the causal-LM reader, writing identifiers instead of answers.
 """
 
 from __future__ import annotations
