@@ -78,14 +78,15 @@ def recipe_run(name: str, ranker: str) -> dict:
 
 def all_dev_retrieval() -> dict:
     """Top-k of the start and the KD-trained query encoders on every dev question (the corpus embedded once)."""
-    from distillir.recipes.common.reading import evaluate_retrieval, load_eval_split
+    from distillir.data.datasets import load_dataset
+    from distillir.recipes.common.reading import evaluate_retrieval
     from distillir.retrievers.dense.encoder import BiEncoder
     from distillir.retrievers.dense.retriever import DenseRetriever
 
     cached = run_dir("kd") / "all_dev_retrieval.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    ds = load_eval_split("squad-open", "dev", None, 42, None)
+    ds = load_dataset("squad-open", "dev")
     out = {}
     for name, path in (("start", "sentence-transformers/all-MiniLM-L6-v2"),
                        ("kd", run_dir("kd") / "final" / "query_encoder")):
@@ -111,8 +112,8 @@ def gold_reference() -> dict:
         return json.loads(out.read_text())
     config = load_config(get_recipe("re2g").Config, run_dir("kd") / "config.yaml", [])
     dev = load_dataset("squad-open", "dev")
-    qids = [json.loads(x)["id"] for x in (run_dir("kd") / "eval" / "generations.jsonl").read_text().splitlines()]
-    qids = [q for q in dict.fromkeys(qids) if dev.qrels.get(q)]
+    sample = load_dataset("squad-open", "dev", max_queries=config.eval.max_queries, seed=config.seed)  # the runs'
+    qids = [q for q in sample.queries.ids if dev.qrels.get(q)]
     examples = [{"id": q, "question": dev.queries.texts[dev.queries.index_of[q]],
                  "ctxs": [dev.corpus.passage(min(dev.qrels[q]))]} for q in qids]
     generator = load_generator(run_dir("kd") / "final" / "generator", config.generator, 1, config.seed)
