@@ -165,7 +165,7 @@ def measure(args) -> dict:
                                                     else "not shown")})
     walls = {n: json.loads((run_dir(n) / "bench_wall_s.json").read_text())["wall_s"]
              for n in runs if (run_dir(n) / "bench_wall_s.json").is_file()}
-    data = {"benchmark": "re2g", "environment": environment(), "command": command_line(), "config": CONFIG,
+    data = {"benchmark": "re2g", "environment": environment(), "command": command_line(drop=("--note", "--only", "--partial")), "config": CONFIG,
             "ranker": args.ranker, "table": table, "gold_reference": gold_reference()["metrics"], "claims": claims, "all_dev": all_dev_retrieval(),
             "stages": {n: {k: v.get("wall_s") for k, v in results[n]["stages"].items()} for n in runs},
             "wall_s": walls, "runs_missing": [n for n in RUNS if n not in runs]}

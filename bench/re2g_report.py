@@ -22,16 +22,20 @@ def reading(data: dict) -> str:
     other = [f"{c['claim']} ({c['held']}: F1 {c['F1']['mean_diff']:+.3f} ± {c['F1']['half_width']:.3f})"
              for c in data["claims"] if c["held"] != "held"]
     start, kd = data["all_dev"]["start"], data["all_dev"]["kd"]
-    text = [(f"The generator is weak: its best F1 is {best['F1']:.3f} (EM {best['EM']:.3f}, {best['system']}), "
-            "while the passages it reads hold an answer string far more often (Top-5 in the table), so most of "
-            "what separates the rows is lost in the reading: a 135M LM, untrained, answering from a two-example prompt.")]
+    e_steps = data["e2e"]["steps"]
+    gold = data["gold_reference"]
+    text = [(f"The generator bounds every row: reading the gold paragraph alone it answers F1 {gold['F1']:.3f} (EM "
+             f"{gold['EM']:.3f}), and its best row here is F1 {best['F1']:.3f} (EM {best['EM']:.3f}, {best['system']}), "
+             "while the passages it reads hold an answer string far more often (Top-5 in the table): a 135M LM, "
+             "untrained, answering from a two-example prompt, loses most of what separates the retrievers.")]
     if held:
         text.append("Held beyond the interval: " + "; ".join(held) + ".")
     if other:
         text.append("Not held at this scale: " + "; ".join(other) + ".")
     text.append(f"The query encoder after online KD, on all {start.get('queries', 10570):,} dev questions: Top-1 "
                 f"{start['Top-1']:.3f} -> {kd['Top-1']:.3f}, Top-5 {start['Top-5']:.3f} -> {kd['Top-5']:.3f}, "
-                f"Top-20 {start['Top-20']:.3f} -> {kd['Top-20']:.3f}.")
+                f"Top-20 {start['Top-20']:.3f} -> {kd['Top-20']:.3f}: {e_steps} steps of 4 questions move it by "
+                "less than a hundredth either way, no gain over its start.")
     del t
     return " ".join(text)
 
