@@ -40,10 +40,23 @@ def check_log_weights(log_weights: torch.Tensor, batch: FiDBatch) -> torch.Tenso
     if log_weights.shape != batch.input_ids.shape[:2]:
         raise ValueError(f"log_weights {tuple(log_weights.shape)} must be (questions, passages) = "
                          f"{tuple(batch.input_ids.shape[:2])}")
+    return renormalise(log_weights, batch.context_present)
+
+
+def renormalise(log_weights: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """(B, n) log-weights with absent passages at -inf, renormalised over each question's present ones."""
     log_weights = log_weights.float()
-    if batch.context_present is not None:
-        log_weights = log_weights.masked_fill(~batch.context_present.to(log_weights.device), float("-inf"))
+    if present is not None:
+        log_weights = log_weights.masked_fill(~present.to(log_weights.device), float("-inf"))
     return log_weights - torch.logsumexp(log_weights, dim=1, keepdim=True)
+
+
+def mix_passages(token: torch.Tensor, valid: torch.Tensor, log_weights: torch.Tensor, style: str) -> torch.Tensor:
+    """(B,) log p(answer) from per-passage token log-probs (B, n, T; 0 past the answer), the answer's real tokens
+    (B, T) and normalised log-weights (B, n), mixed per token or per sequence (the module docstring)."""
+    if style == "token":
+        return torch.logsumexp(log_weights[:, :, None] + token, dim=1).masked_fill(~valid, 0.0).sum(dim=-1)
+    return torch.logsumexp(log_weights + token.sum(dim=-1), dim=1)
 
 
 def marginal_log_likelihood(reader: FiDReader, batch: FiDBatch, log_weights: torch.Tensor,
@@ -62,10 +75,7 @@ def marginal_log_likelihood(reader: FiDReader, batch: FiDBatch, log_weights: tor
     token = log_probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)  # (B*n, T)
     valid = (batch.labels != IGNORE_INDEX).to(token.device)
     token = token.view(batch_size, n, -1).masked_fill(~valid[:, None, :], 0.0)
-    weights = log_weights.float()[:, :, None]
-    if style == "token":
-        return torch.logsumexp(weights + token, dim=1).masked_fill(~valid, 0.0).sum(dim=-1)
-    return torch.logsumexp(log_weights.float() + token.sum(dim=-1), dim=1)
+    return mix_passages(token, valid, log_weights, style)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ import torch
 
 from distillir.errors import ConfigError
 from distillir.readers.causal_lm import CausalLMReader
+from distillir.readers.rag import mix_passages, renormalise
 
 STYLES = ("token", "sequence")
 
@@ -92,14 +93,6 @@ def token_log_probs(reader: CausalLMReader, prompts: Sequence[list[int]], target
     return token.masked_fill(~valid, 0.0), valid
 
 
-def check_log_weights(log_weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Absent passages get weight 0 and the rest are renormalised into a log-distribution per question."""
-    if log_weights.shape != present.shape:
-        raise ValueError(f"log_weights {tuple(log_weights.shape)} must be (questions, passages) = {tuple(present.shape)}")
-    log_weights = log_weights.float().masked_fill(~present.to(log_weights.device), float("-inf"))
-    return log_weights - torch.logsumexp(log_weights, dim=1, keepdim=True)
-
-
 def marginal_log_likelihood(reader: CausalLMReader, questions: Sequence[str], passages: Sequence[Sequence[dict]],
                             answers: Sequence[str], log_weights: torch.Tensor, style: str = "token"):
     """((B,) log p(answer) marginalised over each question's passages, (B,) answer tokens)."""
@@ -110,12 +103,7 @@ def marginal_log_likelihood(reader: CausalLMReader, questions: Sequence[str], pa
     answer_ids = [target_ids(reader, a) for a in answers]
     token, valid = token_log_probs(reader, prompts, [a for a in answer_ids for _ in range(n)])
     token, valid = token.view(len(answers), n, -1), valid.view(len(answers), n, -1)[:, 0]
-    weights = check_log_weights(log_weights, present)
-    if style == "token":
-        mixed = torch.logsumexp(weights[:, :, None] + token, dim=1).masked_fill(~valid, 0.0).sum(dim=-1)
-    else:
-        mixed = torch.logsumexp(weights + token.sum(dim=-1), dim=1)
-    return mixed, valid.sum(dim=-1)
+    return mix_passages(token, valid, renormalise(log_weights, present), style), valid.sum(dim=-1)
 
 
 MIN_SHARED_PREFIX = 16  # tokens: below this, encoding a preamble apart saves less than it costs
