@@ -81,7 +81,7 @@ def test_unknown_override_key_names_the_override():
         ("rank_range=[1,2,3]", "expected a list of 2 values"),
         ("eval={dataset: s, ks: [1, x]}", "eval.ks[1]: expected an integer"),
         ("trainer.max_steps=0", "max_steps must be at least 1"),  # __post_init__ checks, located
-        ("trainer.mixed_precision=fp8", "one of 'no', 'bf16', 'fp16', 'auto'"),
+        ("trainer.mixed_precision=fp8", "one of 'no', 'bf16', 'fp16', 'auto', 'native'"),
         ("seed", "expected KEY=VALUE"),
     ],
 )

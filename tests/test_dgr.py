@@ -87,6 +87,24 @@ def test_loss_is_the_positive_nll_plus_weighted_ranknet(student):
     torch.testing.assert_close(loss, want)
 
 
+def test_plain_objective_scores_only_the_positive_and_equals_the_nll(student, monkeypatch):
+    config = DGRStudentConfig(rank_weight=0.0, list_size=3)
+    lists = [RankedList("a", "volcano research", ["d0a", "d1a", "d2b"]), RankedList("b", "glacier", ["d1a", "d0b"])]
+    batch = DGRCollator(student, 3)(lists)
+    student.seq2seq.eval()
+    with torch.no_grad():
+        full = student.score(batch["lists"]["query"], batch["lists"]["labels"], per_query=3)
+        tokens = (batch["lists"]["labels"] != -100).sum(-1).view(2, 3)[:, 0]
+        want = (-full[:, 0] / tokens).mean()
+        seen = []
+        score = student.score
+        monkeypatch.setattr(student, "score", lambda q, labels, per_query=1: seen.append(per_query) or
+                            score(q, labels, per_query=per_query))
+        loss = DGRStep(student, config)(student.seq2seq, batch)
+    assert seen == [1]  # one identifier per list: the negatives are not scored at all
+    torch.testing.assert_close(loss, want)
+
+
 def tiny_config(bert: str, data: Path, out: Path, *extra: str) -> DGRConfig:
     return load_config(DGRConfig, None, [
         f"output_dir={out}", f"dataset={data}", "seed=2", "candidates=6", "positives=gold",
@@ -147,7 +165,7 @@ def test_config_checks_and_shipped_configs():
         load_config(DGRConfig, None, ["student.list_size=1"])
     with pytest.raises(ConfigError):
         load_config(DGRConfig, None, ["candidates=1"])
-    for name in ("dgr-scifact-cpu.yaml", "dgr-gpu.yaml"):
+    for name in ("dgr-scifact-cpu.yaml", "dgr-smollm2-scifact-cpu.yaml", "dgr-gpu.yaml"):
         load_config(DGRConfig, REPO / "configs" / name, [])
 
 

@@ -20,7 +20,7 @@ from distillir.errors import ConfigError
 from distillir.losses.contrastive import ContrastiveLoss
 from distillir.training.arguments import TrainConfig, TrainingArguments
 from distillir.training.checkpoint import list_checkpoints, load_checkpoint
-from distillir.training.state import TrainerCallback, epoch_permutation, linear_schedule
+from distillir.training.state import TrainerCallback, epoch_permutation, linear_schedule, resolve_mixed_precision
 from distillir.training.trainer import Trainer
 
 PAIRS = [
@@ -345,3 +345,14 @@ def test_max_grad_norm_must_be_positive_or_null():
     for bad in (0.0, -1.0):  # -1 would flip every gradient in clip_grad_norm_; 0 would silently not clip
         with pytest.raises(ConfigError, match="max_grad_norm must be positive"):
             TrainConfig(max_grad_norm=bad)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_native_mixed_precision_follows_the_cpu(monkeypatch, native):
+    from distillir.utils import dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist, "cpu_native_bf16", lambda: native)
+    assert resolve_mixed_precision("native") == ("bf16" if native else "no")
+    assert resolve_mixed_precision("auto") == "no"  # auto keeps a CPU in float32 whatever it has
+    assert resolve_mixed_precision("bf16") == "bf16"

@@ -195,10 +195,14 @@ class DGRStep:
         lists = batch.get("lists")
         if lists is not None:
             n = lists["mask"].shape[1]
-            parts["scores"] = self.student.score(lists["query"], lists["labels"], per_query=n)  # (B, n), teacher order
-            parts["positive_tokens"] = self._tokens(lists["labels"]).view(-1, n)[:, 0]
-            parts["mask"] = lists["mask"]
-            parts["teacher"] = lists["teacher"].to(parts["scores"].device)
+            labels, mask, teacher = lists["labels"], lists["mask"], lists["teacher"]
+            if self.loss.rank_weight == 0:  # the plain objective reads the positive alone: score nothing else
+                labels, mask, teacher = labels.view(-1, n, labels.shape[-1])[:, 0], mask[:, :1], teacher[:, :1]
+                n = 1
+            parts["scores"] = self.student.score(lists["query"], labels, per_query=n)  # (B, n), teacher order
+            parts["positive_tokens"] = self._tokens(labels).view(-1, n)[:, 0]
+            parts["mask"] = mask
+            parts["teacher"] = teacher.to(parts["scores"].device)
         index = batch.get("index")
         if index is not None:
             parts["index_scores"] = self.student.score(index["query"], index["labels"], per_query=1)[:, 0]

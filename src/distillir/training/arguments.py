@@ -12,7 +12,7 @@ from typing import Literal
 
 from distillir.errors import ConfigError
 
-MixedPrecision = Literal["no", "bf16", "fp16", "auto"]
+MixedPrecision = Literal["no", "bf16", "fp16", "auto", "native"]
 
 
 @dataclass
@@ -28,7 +28,8 @@ class TrainConfig:
     per_device_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on a GPU that supports it, else no
+    # auto: bf16 on a GPU that supports it, else no; native: also bf16 on a CPU with native bf16 (avx512_bf16/AMX)
+    mixed_precision: MixedPrecision = "auto"
     save_steps: int = 500  # 0: no checkpoints at all
     save_total_limit: int | None = 2
     log_steps: int = 10

@@ -13,6 +13,15 @@ def _has_accelerator() -> bool:
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX). Without it bf16 autocast is emulated and
+    measured 5-6x slower than float32 on the AVX2 CPUs here."""
+    import torch
+
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def process_state(cpu: bool = False):
     """Accelerate's process state, set up the way the Trainer sets it up (gloo on CPU under torchrun).
 

@@ -163,10 +163,9 @@ def default_encoding_dtype() -> str:
     bench/results/speed.md (cosine 0.99999) at about 1.5x the throughput; float32 elsewhere."""
     if torch.cuda.is_available():
         return "float32"
-    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
-    return "bfloat16" if native_bf16 else "float32"
+    from distillir.utils.dist import cpu_native_bf16
+
+    return "bfloat16" if cpu_native_bf16() else "float32"
 
 
 __all__ = ["DTYPES", "default_encoding_dtype", "encode_corpus_cached", "encode_features", "quantized_copy"]
