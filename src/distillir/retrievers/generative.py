@@ -143,9 +143,13 @@ class GenerativeRetriever:
         return token_log_likelihood(logits, labels).sum(dim=-1).view(-1, per_query)
 
     @torch.no_grad()
-    def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None):
+    def search(self, queries, top_k: int = 10, batch_size: int = 8, num_beams: int | None = None,
+               show_progress: bool = True):
         """Constrained beam search: each query's best `top_k` passages (a `Run`), scored by identifier log-prob."""
+        from tqdm.auto import tqdm
+
         ids_texts = list(queries.items()) if isinstance(queries, dict) else list(zip(queries.ids, queries.texts))
+        bar = tqdm(total=len(ids_texts), desc="generative search", unit="q", disable=not show_progress)
         beams = max(top_k, num_beams or top_k)
         was_training = self.model.training
         self.model.eval()
@@ -179,7 +183,9 @@ class GenerativeRetriever:
                         if row is not None and self.passage_ids[row] not in hits:
                             hits[self.passage_ids[row]] = float(value)
                     run.add(qid, list(hits.items())[:top_k])
+                bar.update(len(chunk))
         finally:
+            bar.close()
             self.model.train(was_training)
         return run
 
