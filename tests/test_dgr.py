@@ -145,6 +145,21 @@ def test_recipe_end_to_end_and_resume(tiny_dataset, tiny_bert_dir, tmp_path):
         DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out))
 
 
+def test_a_teacher_score_file_ranks_the_lists_instead_of_a_cross_encoder(tiny_dataset, tiny_bert_dir, tmp_path):
+    from distillir.teachers.scores import TeacherScores
+
+    given = TeacherScores("lm:question_likelihood")
+    for i in range(8):  # another query's gold first, then the gold, then the gold's sibling
+        given.add(f"train{i}", [f"d{(i + 1) % 8}a", f"d{i}a", f"d{i}b"], [3.0, 2.0, 1.0 + i / 10])
+    given.write(tmp_path / "lm_scores.jsonl")
+    out = tmp_path / "run"
+    results = DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, out, f"teacher.scores={tmp_path / 'lm_scores.jsonl'}"))
+    assert results["stages"]["teacher"]["teacher"] == "lm:question_likelihood"
+    assert not (out / "teacher" / "final").exists()  # no cross-encoder was trained
+    lists = read_teacher_scores(out / "teacher" / "scores.jsonl")
+    assert lists["train3"] == (["d3a", "d4a", "d3b"], [2.0, 3.0, 1.3])  # the positive first, then the file's order
+
+
 def test_interrupted_student_stage_resumes_to_the_same_weights(tiny_dataset, tiny_bert_dir, tmp_path):
     """Killed in the middle of the student's training (after step 2 of 3), then resumed: the candidates and
     teacher stages are skipped, and the student equals the one an uninterrupted run trains."""

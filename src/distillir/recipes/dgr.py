@@ -57,6 +57,9 @@ logger = get_logger(__name__)
 
 @dataclass
 class DGRTeacherConfig:
+    # A teacher-score file (qid, pids, scores per line: e.g. a causal LM's question likelihood written by fid-kd's
+    # teacher stage) ranks the lists instead of a cross-encoder: its lists are the candidates, nothing is trained.
+    scores: str | None = None
     model: str = DEFAULT_ENCODER  # a trained cross-encoder (steps: 0) or an encoder to train (fresh head)
     max_length: int = 256
     query_max_length: int = 64
@@ -284,6 +287,13 @@ class DGRRecipe(Recipe):
                 return pid in gold.get(qid, ())
             return has_answer(answers[qid] or [], self.corpus.texts[self.corpus.index_of[pid]])
 
+        if cfg.scores is not None:
+            given = read_teacher_scores(cfg.scores, corpus=self.corpus)
+            scored = {qid: sorted(zip(*given[qid]), key=lambda h: -h[1]) for qid in given if qid in text}
+            if not scored:
+                raise InputError(cfg.scores, f"no line names a {config.dataset}/{config.train_split} query with a "
+                                             "positive", field="qid")
+            return self._write_lists(scored, gold, is_positive, text, given.teacher, out)
         path = cfg.model
         if cfg.steps > 0:
             gold_first = (lambda qid, pids: sorted(gold[qid])) if gold is not None else None
@@ -299,7 +309,12 @@ class DGRRecipe(Recipe):
                                                   query_max_length=cfg.query_max_length)
         scored = ranker.rerank(run, queries, self.corpus, top_k=config.candidates, batch_size=cfg.batch_size,
                                show_progress=True)
-        lists = TeacherScores(f"cross-encoder:{path}")
+        return self._write_lists(dict(scored.items()), gold, is_positive, text, f"cross-encoder:{path}", out)
+
+    def _write_lists(self, scored, gold, is_positive, text, teacher: str, out: Path) -> dict[str, Any]:
+        """Each query's list in the teacher's order (`scored`: qid -> [(pid, score)], best first), its positive
+        moved to the head, into teacher/scores.jsonl."""
+        lists = TeacherScores(teacher)
         for qid, hits in scored.items():
             ordered = [p for p, _ in hits]  # the teacher's order
             value = dict(hits)
@@ -313,7 +328,7 @@ class DGRRecipe(Recipe):
             # A gold positive the candidates missed has no teacher score: it heads the list anyway.
             lists.add(qid, pids, [value.get(p, max(value.values())) for p in pids], query=text[qid])
         lists.write(out / "teacher" / "scores.jsonl")
-        return {"teacher": path, "lists": len(lists), "file": str(out / "teacher" / "scores.jsonl")}
+        return {"teacher": teacher, "lists": len(lists), "file": str(out / "teacher" / "scores.jsonl")}
 
     def _build_student(self, config: DGRConfig, path: Path | None = None, dtype: str = "float32"):
         s = config.student
