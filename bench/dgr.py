@@ -48,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--only", choices=sorted(VARIANTS), help="run one variant and stop (no report)")
     p.add_argument("--name", default="dgr")
     p.add_argument("--partial", action="store_true", help="render from the finished runs only, run nothing")
+    p.add_argument("--note", help="a line under the wall times (e.g. what else ran on the cores)")
     return p.parse_args(argv)
 
 
@@ -253,7 +254,7 @@ def main(argv=None) -> None:
             "student": {"model": s.seq2seq.model, "train_layers": s.seq2seq.lm.train_layers, "steps": s.trainer.max_steps,
                         "batch": s.trainer.per_device_batch_size, "docid_max_length": s.docid_max_length,
                         "prompt": s.prompt, "beams": config.eval.top_k},
-            **res}
+            "note": args.note, **res}
     data["summary"] = [summary_row(r["system"], "scifact", "test", r["labels_used"], r, KEYS) for r in res["rows"]]
     write_results(args.name, data, dgr_report.render(data))
 
