@@ -158,6 +158,16 @@ def test_a_teacher_score_file_ranks_the_lists_instead_of_a_cross_encoder(tiny_da
     assert not (out / "teacher" / "final").exists()  # no cross-encoder was trained
     lists = read_teacher_scores(out / "teacher" / "scores.jsonl")
     assert lists["train3"] == (["d3a", "d4a", "d3b"], [2.0, 3.0, 1.3])  # the positive first, then the file's order
+    # A file naming no training query, or a passage outside the corpus, is refused before any run directory exists.
+    other = TeacherScores("lm")
+    other.add("elsewhere", ["d0a"], [1.0])
+    other.write(tmp_path / "other.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"qid": "train0", "pids": ["nope"], "scores": [1.0]}\n')
+    for name, message in (("other.jsonl", "no line names"), ("bad.jsonl", "line 1.*not in the corpus")):
+        run_dir = tmp_path / f"run-{name}"
+        with pytest.raises(InputError, match=message):
+            DGRRecipe().run(tiny_config(tiny_bert_dir, tiny_dataset, run_dir, f"teacher.scores={tmp_path / name}"))
+        assert not run_dir.exists()
 
 
 def test_interrupted_student_stage_resumes_to_the_same_weights(tiny_dataset, tiny_bert_dir, tmp_path):

@@ -78,8 +78,12 @@ class CausalLMReader:
                         passage_max_tokens: int = 256, attn_implementation: str | None = None) -> CausalLMReader:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if dtype == "auto":  # bf16 where it is native (a GPU, or a CPU with avx512_bf16 / AMX), else float32
+            from distillir.utils.dist import cpu_native_bf16
+
+            dtype = "bfloat16" if torch.cuda.is_available() or cpu_native_bf16() else "float32"
         if dtype not in (*DTYPES, "int8"):
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} or int8, got {dtype!r}")
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, int8 or auto, got {dtype!r}")
         source, gguf = resolve_lm(model)
         kwargs = {"gguf_file": gguf} if gguf else {}
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

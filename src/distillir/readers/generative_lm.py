@@ -150,10 +150,6 @@ class CausalGenerativeRetriever(GenerativeRetriever):
         if not path.is_file():
             raise InputError(path, "not a saved generative retriever (no index/docids.json)")
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if dtype == "auto":
-            from distillir.utils.dist import cpu_native_bf16
-
-            dtype = "bfloat16" if cpu_native_bf16() or torch.cuda.is_available() else "float32"
         lm = CausalLMReader.from_pretrained(directory / "model", prompts=PromptTemplate(chat=False), dtype=dtype)
         return cls(lm, saved["passage_ids"], saved["docids"], saved["query_max_length"], saved["docid_max_length"],
                    saved["prompt"])

@@ -225,11 +225,17 @@ class DGRRecipe(Recipe):
     Config = DGRConfig
 
     def run(self, config: DGRConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-        out = self.start(config)
         self.callbacks = list(callbacks)
         self.train = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries,
                                   seed=config.seed)
         self.corpus = self.train.corpus
+        self.teacher_file = None
+        if config.teacher.scores is not None:  # a bad file fails here, before the run directory exists
+            self.teacher_file = read_teacher_scores(config.teacher.scores, corpus=self.corpus)
+            if not set(self.teacher_file) & set(self.train.queries.ids):
+                raise InputError(config.teacher.scores, f"no line names a {config.dataset}/{config.train_split} "
+                                                        "query", field="qid")
+        out = self.start(config)
         self.eval_ds = None
         if config.eval is not None:
             self.eval_ds = load_eval_split(config.eval.dataset or config.dataset, config.eval.split,
@@ -288,11 +294,8 @@ class DGRRecipe(Recipe):
             return has_answer(answers[qid] or [], self.corpus.texts[self.corpus.index_of[pid]])
 
         if cfg.scores is not None:
-            given = read_teacher_scores(cfg.scores, corpus=self.corpus)
+            given = self.teacher_file
             scored = {qid: sorted(zip(*given[qid]), key=lambda h: -h[1]) for qid in given if qid in text}
-            if not scored:
-                raise InputError(cfg.scores, f"no line names a {config.dataset}/{config.train_split} query with a "
-                                             "positive", field="qid")
             return self._write_lists(scored, gold, is_positive, text, given.teacher, out)
         path = cfg.model
         if cfg.steps > 0:

@@ -62,16 +62,13 @@ class TrainerCallback:
 def resolve_mixed_precision(value: str) -> str:
     """'auto' becomes bf16 on a CUDA GPU that supports it, else 'no'; 'native' also picks bf16 on a CPU that has
     it natively (avx512_bf16 / AMX) and 'no' on one that would emulate it."""
-    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if value == "auto":
-        return "bf16" if gpu_bf16 else "no"
-    if value == "native":
-        from distillir.utils.dist import cpu_native_bf16
+    if value not in ("auto", "native"):
+        return value
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    from distillir.utils.dist import cpu_native_bf16
 
-        if torch.cuda.is_available():
-            return "bf16" if gpu_bf16 else "no"
-        return "bf16" if cpu_native_bf16() else "no"
-    return value
+    return "bf16" if value == "native" and cpu_native_bf16() else "no"
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:

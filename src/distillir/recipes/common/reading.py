@@ -174,12 +174,8 @@ def build_lm_reader(cfg: ReaderConfig, aggregation: str = "pdist"):
     """The causal-LM reader of `reader.kind: causal-lm`, in the configured precision ("auto": bf16 where native);
     eager attention for the attention teacher (fused kernels hide the weights)."""
     from distillir.readers.causal_lm import CausalLMReader
-    from distillir.retrievers.dense.inference import default_encoding_dtype
 
-    dtype = cfg.lm.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if torch.cuda.is_available() else default_encoding_dtype()
-    reader = CausalLMReader.from_pretrained(cfg.model, prompts=cfg.lm.prompts, dtype=dtype,
+    reader = CausalLMReader.from_pretrained(cfg.model, prompts=cfg.lm.prompts, dtype=cfg.lm.dtype,
                                             passage_max_tokens=cfg.passage_max_length,
                                             attn_implementation="eager" if aggregation == "attention" else None)
     reader.model.to(torch_device(cfg.trainer.cpu))
