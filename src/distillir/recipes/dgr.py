@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,11 +38,17 @@ from distillir.losses import DGRLoss
 from distillir.models import DEFAULT_ENCODER
 from distillir.models.seq2seq import IGNORE_INDEX
 from distillir.rankers.cross_encoder import CrossEncoder
-from distillir.readers.generative_lm import DEFAULT_PROMPT, load_generative_retriever
+from distillir.readers.generative_lm import DEFAULT_PROMPT, CausalGenerativeRetriever, load_generative_retriever
 from distillir.recipes.common.config import ReaderConfig
 from distillir.recipes.common.lists import labelled_lists
 from distillir.recipes.common.ranking import train_ranker
-from distillir.recipes.common.reading import build_reader, evaluate_retrieval, load_eval_split, torch_device
+from distillir.recipes.common.reading import (
+    build_lm_reader,
+    build_reader,
+    evaluate_retrieval,
+    load_eval_split,
+    torch_device,
+)
 from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Recipe, RunConfig, Stages, save_on_main
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.generative import GenerativeRetriever, make_docids
@@ -344,19 +350,11 @@ class DGRRecipe(Recipe):
                                    s.query_max_length, s.docid_max_length)
 
     def _build_lm_student(self, config: DGRConfig):
-        from dataclasses import replace
-
-        from distillir.readers.generative_lm import CausalGenerativeRetriever
         from distillir.readers.rag_lm import train_last_layers
-        from distillir.recipes.common.reading import build_lm_reader
 
-        s = config.student
-        lm_cfg = replace(s.seq2seq.lm, prompts=replace(s.seq2seq.lm.prompts, chat=False),
-                         dtype="float32" if s.seq2seq.lm.dtype == "auto" else s.seq2seq.lm.dtype)  # AdamW in float32
-        lm = build_lm_reader(replace(s.seq2seq, lm=lm_cfg))
-        train_last_layers(lm, s.seq2seq.lm.train_layers)
-        return CausalGenerativeRetriever(lm, self.corpus.ids, make_docids(self.corpus, s.docid_scheme),
-                                         s.query_max_length, s.docid_max_length, prompt=s.prompt)
+        student = build_lm_student(config, self.corpus)
+        train_last_layers(student.lm, config.student.seq2seq.lm.train_layers)
+        return student
 
     def _student(self, config: DGRConfig, out: Path) -> dict[str, Any]:
         s = config.student
@@ -394,3 +392,15 @@ class DGRRecipe(Recipe):
 
 __all__ = ["DGRCollator", "DGRConfig", "DGRRecipe", "DGRStep", "DGRStudentConfig", "DGRTeacherConfig", "IndexingExample",
            "RankedList"]
+
+
+def build_lm_student(config: DGRConfig, corpus, dtype: str | None = None):
+    """The config's causal-LM student over `corpus`, untrained: its LM under the config's prompt, identifiers and
+    prefix tree. `dtype`: the weights' (default the config's; auto means float32, since AdamW trains in float32)."""
+    s = config.student
+    if dtype is None:
+        dtype = "float32" if s.seq2seq.lm.dtype == "auto" else s.seq2seq.lm.dtype
+    lm = build_lm_reader(replace(s.seq2seq, lm=replace(s.seq2seq.lm, dtype=dtype,
+                                                       prompts=replace(s.seq2seq.lm.prompts, chat=False))))
+    return CausalGenerativeRetriever(lm, corpus.ids, make_docids(corpus, s.docid_scheme), s.query_max_length,
+                                     s.docid_max_length, prompt=s.prompt)
