@@ -135,8 +135,8 @@ def baselines(ds, cache: Path) -> dict:
         "bm25": lambda: bm25_cached(ds.corpus).search(ds.queries, top_k=k),
         "minilm": lambda: DenseRetriever.build(ds.corpus, BiEncoder.from_pretrained(DEFAULT_ENCODER), batch_size=64,
                                                cache=True).search(ds.queries, top_k=k),
-        "untrained": lambda: untrained_student(load()[1], ds.corpus).search(ds.queries, top_k=k,
-                                                                            batch_size=config.eval.batch_size),
+        "untrained": lambda: untrained_student(config, ds.corpus).search(ds.queries, top_k=k,
+                                                                         batch_size=config.eval.batch_size),
     }
     for name, build in builders.items():
         path = cache / f"{name}.trec"
