@@ -85,8 +85,10 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_rounds(series: dict[str, list[tuple[int, float]]], metric: str, path: Path) -> Path | None:
-    """A metric against the round (or iteration), one line per quantity measured every round."""
+def plot_rounds(series: dict[str, list[tuple[int, float]]], metric: str, path: Path,
+                xlabel: str = "round") -> Path | None:
+    """A metric against the round (or iteration, or training step: `xlabel`), one line per quantity measured at
+    every point."""
     series = {k: v for k, v in series.items() if len(v) >= 2}
     if not series:
         return None
@@ -94,7 +96,7 @@ def plot_rounds(series: dict[str, list[tuple[int, float]]], metric: str, path: P
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, points in series.items():
         ax.plot([r for r, _ in points], [v for _, v in points], marker="o", label=name)
-    ax.set_xlabel("round")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
