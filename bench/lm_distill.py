@@ -15,6 +15,7 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   squad_ranker the same questions, the answer-trained cross-encoder as the teacher (for comparison; needs
                bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
+  scifact_ql_2r  the same with a second round over the round-1 retriever's lists
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ RUNS = {
                              "its lists are the whole union (up to 20), not cut to 10"},
     "scifact_ql": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact", "sets": [],
                    "system": "MiniLM distilled from SmolLM2 claim likelihood (claims only)"},
+    # A second round: the LM scores the round-1 retriever's lists (pairs it scored in round 1 come from the cache).
+    "scifact_ql_2r": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact-2r",
+                      "sets": ["rounds=2"], "system": "MiniLM distilled from SmolLM2 claim likelihood, 2 rounds (claims only)"},
 }
 # Reference rows evaluated here on the same dev questions, from runs made elsewhere (read when present): the
 # answer-string teacher (the shipped config's run) and the same student path trained on gold passages (labels).
@@ -107,7 +111,7 @@ def per_query(run, ds, metric: str) -> dict[str, float]:
     return {q: v[metric] for q, v in scored.items()}
 
 
-def teacher_knowledge(config, out: Path) -> dict:
+def teacher_knowledge(config, out: Path, k: int = 1) -> dict:
     """On the round's training lists: how often the first passage is relevant (an answer string; SciFact: the
     train qrels, read here to measure only) under the teacher's order, BM25's and MiniLM's (each retriever's
     own ranks first, then the list's order), and the reciprocal rank of the first relevant one; over all lists
@@ -119,7 +123,7 @@ def teacher_knowledge(config, out: Path) -> dict:
     from distillir.retrievers.dense.retriever import DenseRetriever
     from distillir.teachers.scores import read_teacher_scores
 
-    rd = out / "round-1"
+    rd = out / f"round-{k}"
     lists = load_fid_examples(rd / "retrieve" / "train.jsonl")
     scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
     ds = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries, seed=config.seed)
@@ -200,6 +204,10 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
                "RRF(BM25, MiniLM untrained)": reciprocal_rank_fusion([bm25, start], top_k=ev.top_k),
                f"RRF(BM25, {spec['system'].replace('MiniLM ', '', 1)})":
                    reciprocal_rank_fusion([bm25, distilled], top_k=ev.top_k)}
+    for r in results["rounds"]:  # a run of several rounds: every round's retriever beside the kept one
+        if len(results["rounds"]) > 1 and r["round"] != results["kept_round"]:
+            systems[f"{spec['system']}: after round {r['round']}"] = Run.read_trec(
+                out / f"round-{r['round']}" / "eval" / "retriever.trec")
     labelled = set()
     if config.dataset == "squad-open":
         systems.update(reference_runs(config, ds, ev.top_k))
@@ -223,7 +231,26 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
             "teacher_knowledge": teacher_knowledge(config, lists), "wall_s": r1.get("wall_s"),
             "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
             "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,
-            "student_steps": (r1.get("retriever") or {}).get("train", {}).get("global_step")}
+            "student_steps": (r1.get("retriever") or {}).get("train", {}).get("global_step"),
+            "environment": environment(), "rounds": [round_info(config, out, r, lists) for r in results["rounds"]]}
+
+
+def round_info(config, out: Path, r: dict, lists: Path) -> dict:
+    """One round's wall times, scored pairs and eval metric; later rounds also what the teacher knows on their lists."""
+    from distillir.teachers.scores import read_teacher_scores
+
+    def pairs(k: int) -> set:
+        scores = read_teacher_scores(lists / f"round-{k}" / "teacher" / "scores.jsonl")
+        return {(q, p) for q in scores for p in scores[q][0]}
+
+    k = r["round"]
+    these = pairs(k)
+    earlier = set().union(*(pairs(j) for j in range(1, k)))  # scored before: the score cache's hits
+    metric = ((r.get("index") or {}).get("metrics") or {})
+    return {"round": k, "wall_s": r.get("wall_s"), "pairs": len(these), "new_pairs": len(these - earlier),
+            "guard": r.get("guard"),
+            "metrics": {m: metric.get(m) for m in ("nDCG@10", "Top-1", "Top-5") if metric.get(m) is not None},
+            "teacher_knowledge": teacher_knowledge(config, lists, k) if k > 1 else None}
 
 
 def main(argv=None) -> None:
@@ -239,6 +266,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"unknown runs {sorted(unknown)}; choose from {sorted(RUNS)}")
         res = {"benchmark": args.name, "command": command_line(), "environment": environment(),
                "runs": dict(earlier.get("runs") or {})}
+        for r in res["runs"].values():  # kept from the last result: measured where that result was
+            r.setdefault("environment", earlier.get("environment"))
         for key, spec in RUNS.items():
             if key in only:
                 res["runs"][key] = analyse(key, spec, run_or_read(spec))

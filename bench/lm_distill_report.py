@@ -51,12 +51,15 @@ def _run_section(r: dict) -> list[str]:
          + "; the query tower "
          f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
          f"Wall time: round {w.get('round', 0) / 60:.0f} min, teacher {w.get('teacher', 0) / 60:.0f} min, student "
-         f"{w.get('retriever', 0) / 60:.1f} min. Round guard: {'worse' if guard.get('worse') else 'kept'}"
-         + (f" ({'; '.join(guard.get('reasons') or [])})" if guard.get("reasons") else "") + "."), "",
+         f"{w.get('retriever', 0) / 60:.1f} min"
+         + (" (round 1)" if len(r.get("rounds") or []) > 1 else "")
+         + f". Round guard: {'worse' if guard.get('worse') else 'kept'}"
+         + (f" ({'; '.join(guard.get('reasons') or [])})" if guard.get("reasons") else "") + "." + _measured_on(r)), "",
         "What the teacher knows on its training lists (relevant = holds an answer string"
         + ("" if r["dataset"] == "squad-open" else "; SciFact: the train qrels, read to measure only")
         + "), hit@1 / MRR of the first relevant passage:", "",
         _knowledge_table(r["teacher_knowledge"]), "",
+        *_rounds_lines(r),
         format_table(table, ["system", *keys]), "",
         *([("Rows trained elsewhere and evaluated here on the same questions: the answer-string teacher's run "
             "(`configs/fid-kd-answers-squad-cpu.yaml`) and bench/distill_student.py's gold-passage row (labels)."), ""]
@@ -67,6 +70,37 @@ def _run_section(r: dict) -> list[str]:
                       for base, diffs in (("start", r["paired_vs_start"]), ("BM25", r["paired_vs_bm25"]))
                       for m, v in diffs.items()]), "",
         _reading(r), ""]
+    return lines
+
+
+def _measured_on(r: dict) -> str:
+    env = r.get("environment")
+    if not env:
+        return ""
+    return (f" Measured {env['date_utc'][:16].replace('T', ' ')} UTC on {env['cpu_model']} ({env['logical_cpus']} "
+            f"logical CPUs; {', '.join(env['cpu_flags'])}).")
+
+
+def _rounds_lines(r: dict) -> list[str]:
+    """A run of several rounds: each round's lists, scoring, time and metric, and what the teacher knows on the
+    later rounds' lists."""
+    from distillir.evaluation.report import format_table
+
+    rounds = r.get("rounds") or []
+    if len(rounds) < 2:
+        return []
+    metric = "nDCG@10" if r["dataset"] != "squad-open" else "Top-5"
+    rows = [{"round": x["round"], "pairs in its lists": x["pairs"], "not scored in an earlier round": x["new_pairs"],
+             "teacher min": round((x["wall_s"] or {}).get("teacher", 0) / 60, 1),
+             "round min": round((x["wall_s"] or {}).get("round", 0) / 60, 1),
+             f"{metric} after it": x["metrics"].get(metric),
+             "guard": "worse" if (x.get("guard") or {}).get("worse") else "kept"} for x in rounds]
+    lines = [("Rounds (the lists of round k > 1 are the round k-1 retriever's top 10 merged with BM25's; pairs scored "
+              "in an earlier round come from the score cache):"), "", format_table(rows), ""]
+    for x in rounds:
+        if x.get("teacher_knowledge"):
+            lines += [f"What the teacher knows on round {x['round']}'s lists:", "",
+                      _knowledge_table(x["teacher_knowledge"]), ""]
     return lines
 
 
@@ -100,7 +134,8 @@ def markdown(res: dict) -> str:
          "Q4_1 GGUF, dequantised) in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
          "(passage tower frozen: the corpus is embedded once). No run reads a relevance label for training; gold "
          "passages and qrels are read only to evaluate. Runs are listed in the order they were added; each is one "
-         "round (fid-kd's loop with one iteration)."), ""]
+         "round (fid-kd's loop with one iteration) unless its section shows rounds. A section that names its CPU "
+         "was measured there."), ""]
     for r in res.get("runs", {}).values():
         lines += _run_section(r)
     lines += ["## Command", "", "```", res["command"], "```"]
