@@ -14,6 +14,7 @@ RankNet against plain at every step, and each variant's last step against its fi
 
     .venv/bin/python bench/dgr_long.py              # runs what is missing (finished parts are read; resumable)
     .venv/bin/python bench/dgr_long.py --partial    # render what is finished, run nothing
+    .venv/bin/python bench/dgr_long.py --render-only
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="dgr_long")
     p.add_argument("--partial", action="store_true", help="render from the finished parts only, run nothing")
+    p.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the JSON")
     p.add_argument("--note", help="a line under the wall times (e.g. what else ran on the cores)")
     return p.parse_args(argv)
 
@@ -195,10 +197,15 @@ def main(argv=None) -> None:
     import dgr_long_report
 
     args = parse_args(argv)
+    path = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    if args.render_only:
+        data = json.loads(path.read_text())
+        write_results(args.name, data, dgr_long_report.render(data, args.name))
+        return
     res = measure(args)
     _, config = load()
     s = config.student
-    data = {"benchmark": "dgr_long", "environment": environment(), "command": command_line(("--note", "--partial")),
+    data = {"benchmark": "dgr_long", "environment": environment(), "command": command_line(("--note", "--partial", "--render-only")),
             "config": CONFIG, "student": {"steps": STEPS, "snapshots": list(SNAPSHOTS), "batch": s.trainer.per_device_batch_size,
                                           "train_layers": s.seq2seq.lm.train_layers, "learning_rate": s.trainer.learning_rate,
                                           "beams": config.eval.top_k},
