@@ -158,6 +158,8 @@ def test_a_teacher_score_file_ranks_the_lists_instead_of_a_cross_encoder(tiny_da
     assert not (out / "teacher" / "final").exists()  # no cross-encoder was trained
     lists = read_teacher_scores(out / "teacher" / "scores.jsonl")
     assert lists["train3"] == (["d3a", "d4a", "d3b"], [2.0, 3.0, 1.3])  # the positive first, then the file's order
+    candidates = Run.read_trec(out / "candidates.trec")  # the file's lists, not a BM25 run
+    assert set(candidates) == {f"train{i}" for i in range(8)} and [p for p, _ in candidates["train3"]] == ["d4a", "d3a", "d3b"]
     # A file naming no training query, or a passage outside the corpus, is refused before any run directory exists.
     other = TeacherScores("lm")
     other.add("elsewhere", ["d0a"], [1.0])
