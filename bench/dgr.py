@@ -159,7 +159,8 @@ def per_query(run, ds) -> dict:
 def claim(nd: dict, first: str, second: str, text: str) -> dict:
     d = paired_difference(nd[first], nd[second])
     return {"claim": text, "first": first, "second": second, "nDCG@10": d,
-            "held": "held" if d["mean_diff"] - d["half_width"] > 0 else "not shown"}
+            "held": "held" if d["mean_diff"] - d["half_width"] > 0 else
+            ("reversed" if d["mean_diff"] + d["half_width"] < 0 else "not shown")}
 
 
 def claims_of(nd: dict) -> list[dict]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
-from dgr import CONFIG, baselines, per_query
+from _common import WORK_DIR, command_line, environment, summary_row, write_results
+from dgr import CONFIG, baselines, claim, per_query
 from dgr_teachers import lm_teacher_file, lm_teacher_knowledge
 
 from distillir.training.state import TrainerCallback
@@ -184,13 +184,6 @@ def measure(args) -> dict:
             "stages_wall_s": {v: {s: (done[v]["stages"].get(s) or {}).get("wall_s") for s in ("teacher", "student", "eval")}
                               for v in done},
             "runs_missing": [v for v in VARIANTS if v not in done], "queries": len(ds.queries)}
-
-
-def claim(nd: dict, first: str, second: str, text: str) -> dict:
-    d = paired_difference(nd[first], nd[second])
-    return {"claim": text, "first": first, "second": second, "nDCG@10": d,
-            "held": "held" if d["mean_diff"] - d["half_width"] > 0 else
-            ("reversed" if d["mean_diff"] + d["half_width"] < 0 else "not shown")}
 
 
 def main(argv=None) -> None:

@@ -53,7 +53,8 @@ def reading(data: dict) -> str:
                                 f"{c['nDCG@10']['half_width']:.3f}" for c in across)
                     + "): at this many steps most of what a list term adds over plain is the gold identifier's "
                     "contrast against the list's negatives, which any teacher's list carries.")
-    for word, chosen in (("Held beyond the interval", "held"), ("Not shown at this scale", "not shown")):
+    for word, chosen in (("Held beyond the interval", "held"), ("Not shown at this scale", "not shown"),
+                          ("Reversed beyond the interval", "reversed")):
         picked = [c for c in data["claims"] if c["held"] == chosen]
         if picked:
             text.append(f"{word}: " + "; ".join(
