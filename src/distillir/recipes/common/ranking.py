@@ -101,6 +101,48 @@ class CandidateListCollator:
         return batch
 
 
+class ScoredListCollator:
+    """Teacher-scored lists (`recipes.common.distill.ListExample`) -> {"pairs", "teacher", "mask"} for a ranker
+    learning the teacher's scores. A list longer than `list_size` keeps `list_size` members drawn with Python's
+    `random` (checkpointed by the Trainer), in their list order; shorter lists are padded with empty passages
+    that `mask` marks False. teacher, mask: (B, n); pairs: B * n (query, passage) pairs, query-major."""
+
+    def __init__(self, corpus, list_size: int, ranker):
+        check_list_size(list_size)
+        self.corpus, self.list_size, self.ranker = corpus, list_size, ranker
+
+    def __call__(self, examples):
+        picked = []
+        for ex in examples:
+            keep = sorted(random.sample(range(len(ex.pids)), min(self.list_size, len(ex.pids))))
+            picked.append(([ex.pids[i] for i in keep], [float(ex.scores[i]) for i in keep]))
+        n = max(len(pids) for pids, _ in picked)
+        titles, texts, teacher, mask = [], [], [], []
+        for pids, values in picked:
+            rows = [self.corpus.index_of[pid] for pid in pids]
+            pad = n - len(pids)
+            titles += [self.corpus.titles[r] for r in rows] + [""] * pad
+            texts += [self.corpus.texts[r] for r in rows] + [""] * pad
+            teacher.append(values + [0.0] * pad)
+            mask.append([True] * len(pids) + [False] * pad)
+        queries = [ex.query for ex in examples for _ in range(n)]
+        return {"pairs": dict(self.ranker.tokenize(queries, titles, texts)),
+                "teacher": torch.tensor(teacher, dtype=torch.float32), "mask": torch.tensor(mask, dtype=torch.bool)}
+
+
+class RankerDistillLoss:
+    """Trainer `loss_fn`: a distillation loss (KL, MSE, margin: `recipes.common.distill.distillation_loss`)
+    between the ranker's scores over each list and the teacher's."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    def __call__(self, ranker, batch):
+        mask = batch["mask"]
+        scores = ranker.list_scores(batch["pairs"], mask.shape[1]).float()
+        return self.loss(scores, batch["teacher"].to(scores.device), mask)
+
+
 def ranker_list_loss(ranker, batch):
     """ListwiseCE of the ranker's scores over each list (positive first): the supervised ranker loss."""
     mask = batch["mask"]
@@ -147,21 +189,26 @@ def train_ranker(
     resume: bool,
     callbacks: Sequence[Any] = (),
     head_learning_rate: float | None = None,
+    teacher_loss=None,
     **changes: Any,
 ) -> dict[str, Any]:
     """One ranker training phase in `output_dir`: checkpoints/, log.jsonl, then final/ and summary.json.
 
+    `examples`: training lists (positives and negatives) for the listwise CE; with `teacher_loss` (a
+    distillation loss), teacher-scored `ListExample`s whose scores the ranker learns instead.
     `changes` override fields of `trainer_config` for this phase (e.g. max_steps=500, learning_rate=1e-6).
     `head_learning_rate` gives the classifier head its own peak rate (None: the phase's rate for all).
     Returns the Trainer's summary, also written to `summary.json` so a skipped phase can report it.
     """
     args = phase_arguments(trainer_config, output_dir, seed=seed, resume=resume, **changes)
-    collate = CandidateListCollator(corpus, list_size, ranker=ranker)
+    if teacher_loss is None:
+        collate, loss_fn = CandidateListCollator(corpus, list_size, ranker=ranker), ranker_list_loss
+    else:
+        collate, loss_fn = ScoredListCollator(corpus, list_size, ranker), RankerDistillLoss(teacher_loss)
     groups = ranker_param_groups(ranker, args.learning_rate, head_learning_rate, args.weight_decay)
-    trainer = Trainer(ranker, args, examples, collate, loss_fn=ranker_list_loss, callbacks=callbacks,
-                      param_groups=groups)
+    trainer = Trainer(ranker, args, examples, collate, loss_fn=loss_fn, callbacks=callbacks, param_groups=groups)
     summary = trainer.train()
-    if on_plateau(summary.get("loss"), list_size):
+    if teacher_loss is None and on_plateau(summary.get("loss"), list_size):
         logger.warning("%s: the ranker's loss ended at %.3f, on the uniform plateau ln(%d) = %.3f: it still scores "
                        "every passage alike, so it cannot denoise or teach yet. Train it longer or at a higher "
                        "learning rate, or start from a trained re-ranker (e.g. `distillir train cross-encoder`)",
@@ -239,6 +286,6 @@ def warm_up_ranker(ranker, examples, corpus, list_size: int, warmup: RankerWarmu
     return ranker, summary
 
 
-__all__ = ["WARMUP_DIR", "CandidateListCollator", "evaluate_rerank", "first_stage_run", "load_ranker", "on_plateau",
+__all__ = ["WARMUP_DIR", "CandidateListCollator", "RankerDistillLoss", "ScoredListCollator", "evaluate_rerank", "first_stage_run", "load_ranker", "on_plateau",
            "phase_arguments", "ranker_list_loss", "ranker_param_groups", "rerank_run", "train_ranker",
            "warm_up_ranker"]
