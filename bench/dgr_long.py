@@ -178,8 +178,11 @@ def measure(args) -> dict:
             claims.append(claim(nd, first, last, f"{LABELS[variant]}: step {STEPS} beats step {SNAPSHOTS[0]}"))
         if last in nd:
             claims.append(claim(nd, "untrained", last, f"{LABELS[variant]}, step {STEPS}, beats the untrained LM"))
+    logs = {v: [{k: r.get(k) for k in ("step", "loss", "lr")}
+                for r in map(json.loads, (run_dir(v) / "student" / "log.jsonl").read_text().splitlines())]
+            for v in done if (run_dir(v) / "student" / "log.jsonl").is_file()}
     knows = lm_teacher_knowledge(config, train, lm_teacher_file(run=False), cache)
-    return {"rows": rows, "curves": curves, "claims": claims, "teacher_knowledge": knows,
+    return {"rows": rows, "curves": curves, "claims": claims, "teacher_knowledge": knows, "train_logs": logs,
             "train": {v: done[v]["stages"]["student"].get("train") or {} for v in done},
             "stages_wall_s": {v: {s: (done[v]["stages"].get(s) or {}).get("wall_s") for s in ("teacher", "student", "eval")}
                               for v in done},

@@ -26,6 +26,16 @@ def curve_plot(data: dict, name: str):
                        xlabel="training step (batch 8)")
 
 
+def training_plot(data: dict, name: str):
+    """Each variant's training loss and learning rate (RankNet's loss holds its list term: larger by design)."""
+    from distillir.evaluation.plots import plot_training, plotting_available
+
+    if not plotting_available() or not data.get("train_logs"):
+        return None
+    return plot_training({LABELS[v]: rows for v, rows in data["train_logs"].items()},
+                         RESULTS_DIR / "plots" / f"{name}-training.png")
+
+
 def reading(data: dict) -> str:
     rows = {r["key"]: r for r in data["rows"]}
     steps = data["student"]["steps"]
@@ -63,7 +73,7 @@ def render(data: dict, name: str = "dgr_long") -> str:
     walls = "; ".join(f"{v}: student {_minutes((data['train'].get(v) or {}).get('elapsed'))}, final search "
                       f"{_minutes(w.get('eval'))}" for v, w in data["stages_wall_s"].items())
     searches = [r["wall_s"] for r in data["rows"] if r["labels_used"] and r.get("wall_s")]
-    plot = curve_plot(data, name)
+    plot, training = curve_plot(data, name), training_plot(data, name)
     return "\n".join([
         "# DGR trained longer on SciFact: plain against RankNet under the LM teacher, along the way", "",
         (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
@@ -77,6 +87,8 @@ def render(data: dict, name: str = "dgr_long") -> str:
         "", format_table(table), "", format_table(claims) if claims else "", "",
         reading(data), "",
         *([f"![{plot.stem}](plots/{plot.name})", ""] if plot else []),
+        *(["Training loss and learning rate (the RankNet variant's loss includes its list term):", "",
+           f"![{training.stem}](plots/{training.name})", ""] if training else []),
         (f"Wall time: {walls}; each snapshot's search "
          + (f"{_minutes(min(searches))}-{_minutes(max(searches))}" if searches else "?")
          + "." + (f" {data['note']}" if data.get("note") else "")), "",
