@@ -44,6 +44,12 @@ def reading(data: dict) -> str:
             f"{know['all']['teacher']['MRR']:.3f} against BM25's {know['all']['BM25']['MRR']:.3f}; on "
             f"{know['sample']['teacher']['lists']} of them the untrained student reaches "
             f"{know['sample']['untrained student']['MRR']:.3f} against the teacher's {know['sample']['teacher']['MRR']:.3f}.")]
+    if know["sample"]["teacher"]["MRR"] > know["sample"]["untrained student"]["MRR"]:
+        text.append("The teacher knows more than its student (rule a).")
+    start = [c for c in data["claims"] if c["claim"].endswith("beats the untrained LM") and c["claim"].startswith("DGR")]
+    if start:
+        text.append(f"Against its own start (the untrained LM), DGR's student ends {_diff(start[0])}: rule (b) "
+                    + ("met." if start[0]["held"] == "held" else "not shown."))
     curves = data["curves"]
     for variant, points in curves.items():
         text.append(f"{LABELS[variant]}: nDCG@10 " + " -> ".join(f"{v:.3f} (step {s})" for s, v in points)
@@ -78,8 +84,8 @@ def render(data: dict, name: str = "dgr_long") -> str:
         "# DGR trained longer on SciFact: plain against RankNet under the LM teacher, along the way", "",
         (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
          f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. `{data['config']}` with `teacher.scores` = "
-         "SmolLM2's claim likelihood log p(claim | abstract), no labels (fid-kd's teacher stage, as in the DGR table "
-         f"above) and `student.trainer.max_steps={s['steps']}` (batch {s['batch']}, learning rate {s['learning_rate']}, "
+         "SmolLM2's claim likelihood log p(claim | abstract), no labels (fid-kd's teacher stage, the DGR benchmark's LM "
+         f"teacher) and `student.trainer.max_steps={s['steps']}` (batch {s['batch']}, learning rate {s['learning_rate']}, "
          f"last {s['train_layers']} layers): about one pass over the train claims' lists and the 5,183 indexing "
          f"examples, against 240 steps above. Both variants train on the same lists in the same order; the trainable "
          f"layers saved at steps {', '.join(map(str, s['snapshots']))} search the {data['queries']} test claims like "
@@ -90,6 +96,7 @@ def render(data: dict, name: str = "dgr_long") -> str:
         *(["Training loss and learning rate (the RankNet variant's loss includes its list term):", "",
            f"![{training.stem}](plots/{training.name})", ""] if training else []),
         (f"Wall time: {walls}; each snapshot's search "
-         + (f"{_minutes(min(searches))}-{_minutes(max(searches))}" if searches else "?")
+         + ((_minutes(min(searches)) if _minutes(min(searches)) == _minutes(max(searches))
+             else f"{_minutes(min(searches))}-{_minutes(max(searches))}") if searches else "?")
          + "." + (f" {data['note']}" if data.get("note") else "")), "",
         f"Reproduce: `{data['command']}`", ""])
