@@ -46,7 +46,9 @@ def _run_section(r: dict) -> list[str]:
          f"{r['train_questions']:,} training questions, teacher `{r['aggregation']}` over each list of "
          f"{r['n_passages']} candidates (MiniLM's top 10 merged with BM25's, the first 10 in RRF order"
          + (f"; {r['note']}" if r.get("note") else "") + "), "
-         + (f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second"
+         + (f"{r['pairs']:,} (question, passage) pairs read from the score cache (scored by an earlier run with the "
+            "same model and prompt)" if (r.get("teacher_pairs_per_s") or 0) > 200 else
+            f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second"
             if r.get("teacher_pairs_per_s") else f"the {r['pairs']:,} scores of `{r.get('lists_dir')}` (no new scoring)")
          + "; the query tower "
          f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "

@@ -144,7 +144,8 @@ def measure() -> dict:
     sub = ds.queries.subset(first)
     metrics = {"BM25": evaluate_run(bm25, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus),
                "ranker": evaluate_run(reranked, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)}
-    on_first = {name: evaluate_run(type(run)({q: run[q] for q in first if q in run}), qrels=ds.qrels, queries=sub,
+    first_qrels = {q: ds.qrels[q] for q in first if q in ds.qrels}  # MRR / nDCG over these questions only
+    on_first = {name: evaluate_run(type(run)({q: run[q] for q in first if q in run}), qrels=first_qrels, queries=sub,
                                    corpus=ds.corpus)
                 for name, run in (("BM25", bm25), ("ranker", reranked), ("LM", lm))}
     paired = {f"Top-{k}": paired_difference(hits(bm25, ds, everyone, k), hits(reranked, ds, everyone, k)) for k in (1, 5)}
@@ -167,8 +168,9 @@ def main(argv=None) -> None:
     if args.render_only:
         data = json.loads(path.read_text())
     else:
+        measured = measure()
         data = {"benchmark": args.name, "environment": environment(), "command": command_line(), "note": args.note,
-                **measure()}
+                **measured}
         label = "cross-encoder learning SmolLM2's question likelihood, re-ranking BM25's top 20"
         data["summary"] = [summary_row("BM25", "squad-open", f"dev ({data['questions']:,} seeded)", False,
                                        data["metrics"]["BM25"], KEYS),
