@@ -4,8 +4,9 @@ a fast teacher from a slow one). No relevance label and no answer is read for tr
 1. teacher: SmolLM2-135M-Instruct's question likelihood log p(question | passage) over the lists of 1,000 seeded
    training questions (fid-kd's teacher stage: configs/fid-kd-smollm2-squad-cpu.yaml with lm_distill.py's
    squad_ql settings; MiniLM's top 10 merged with BM25's, the first 10 in RRF order);
-2. student: configs/cross-encoder-answers-squad-cpu.yaml's model and schedule with `teacher.scores` = that file
-   (KL to the z-scored teacher over each list, nothing mined), STEPS steps;
+2. students: configs/cross-encoder-answers-squad-cpu.yaml's schedule with `teacher.scores` = that file (KL to the
+   z-scored teacher over each list, nothing mined), STEPS steps, from two starts: MiniLM with a fresh head, and the
+   answer-trained ranker of bench/ranker_answers.py (distant supervision first, the LM's soft targets on top);
 3. the recipe's evaluation: BM25's top 20 re-ranked for 1,000 seeded dev questions beside BM25, with paired
    per-question intervals; and the LM itself re-ranking BM25's top 20 of the first LM_QUESTIONS of them, beside
    the student on the same questions (what the teacher could teach).
@@ -34,6 +35,9 @@ TEACHER_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_ste
 RANKER_CONFIG = "configs/cross-encoder-answers-squad-cpu.yaml"
 STEPS = 250  # 4 lists of 10 a step: one pass over the 1,000 lists
 LM_QUESTIONS = 200
+ANSWER_RANKER = WORK_DIR / "runs" / "ce-answers"  # bench/ranker_answers.py's run (its final/ is the second start)
+# metrics key -> (run directory, start model or None for the config's MiniLM)
+STUDENTS = {"ranker": ("ce-lm-ql-1k", None), "ranker_from_answers": ("ce-answers-lm-ql-1k", ANSWER_RANKER / "final")}
 KEYS = ("Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10")
 
 
@@ -61,7 +65,7 @@ def teacher_run(out: Path) -> dict:
     return recipe().run(config)
 
 
-def ranker_run(out: Path, scores: Path) -> dict:
+def ranker_run(out: Path, scores: Path, start: Path | None = None) -> dict:
     from distillir.recipes import get_recipe
     from distillir.training.config import load_config
 
@@ -71,38 +75,47 @@ def ranker_run(out: Path, scores: Path) -> dict:
     config = load_config(recipe.Config, REPO / RANKER_CONFIG, [
         f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", f"teacher.scores={scores}",
         "data.max_train_queries=null", "list_size=10", f"trainer.max_steps={STEPS}", "trainer.save_steps=25",
-        "eval=null"])  # evaluated below, once, keeping the per-question runs
+        "eval=null", *([f"model={start}"] if start else [])])  # evaluated below, once, keeping the per-question runs
     started = time.time()
     results = recipe().run(config)
     (out / "bench_wall_s.json").write_text(json.dumps({"wall_s": round(time.time() - started, 1)}))
     return results
 
 
-def reranked_runs(ranker_dir: Path, lm_out: Path):
-    """BM25's top 20 of the eval questions, the ranker's re-ranking of it, and the LM's of the first LM_QUESTIONS
-    (cached as TREC files beside the ranker run)."""
+def eval_setup():
+    """The eval questions (the ranker config's eval split) and BM25's top 20 of them."""
     from distillir.data.datasets import load_dataset
-    from distillir.data.run import Run
-    from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.recipes import get_recipe
-    from distillir.recipes.common.ranking import rerank_run
     from distillir.retrievers.bm25 import bm25_cached
     from distillir.training.config import load_config
 
     cfg = load_config(get_recipe("cross-encoder").Config, REPO / RANKER_CONFIG)
     ev = cfg.eval
     ds = load_dataset(ev.dataset, ev.split, max_queries=ev.max_queries, seed=cfg.seed)
-    bm25 = bm25_cached(ds.corpus).search(ds.queries, top_k=ev.top_k)
+    return ev, ds, bm25_cached(ds.corpus).search(ds.queries, top_k=ev.top_k)
+
+
+def reranked(ranker_dir: Path, ev, ds, bm25):
+    """`ranker_dir/final`'s re-ranking of BM25's lists (cached as a TREC file beside the run)."""
+    from distillir.data.run import Run
+    from distillir.rankers.cross_encoder import CrossEncoder
+    from distillir.recipes.common.ranking import rerank_run
+
     path = ranker_dir / "eval_reranked.trec"
     if not path.is_file():
         ranker = CrossEncoder.from_pretrained(ranker_dir / "final")
         ranker.with_inference_dtype(ev.dtype)
         rerank_run(ranker, bm25, ds, ev.top_k, ev.batch_size).write_trec(path, tag="ranker")
-    ranker_run_ = Run.read_trec(path)
-    lm_path, first = ranker_dir / "eval_lm_reranked.trec", ds.queries.ids[:LM_QUESTIONS]
-    if not lm_path.is_file():
-        lm_rerank(bm25, ds, first, lm_out).write_trec(lm_path, tag="lm")
-    return ds, bm25, ranker_run_, Run.read_trec(lm_path), first
+    return Run.read_trec(path)
+
+
+def lm_reranked(ranker_dir: Path, lm_out: Path, ds, bm25, first):
+    from distillir.data.run import Run
+
+    path = ranker_dir / "eval_lm_reranked.trec"
+    if not path.is_file():
+        lm_rerank(bm25, ds, first, lm_out).write_trec(path, tag="lm")
+    return Run.read_trec(path)
 
 
 def lm_rerank(bm25, ds, qids, lm_out: Path):
@@ -137,31 +150,48 @@ def measure() -> dict:
     lm_out = WORK_DIR / "runs" / "fid-kd-smollm2-ql-1k"
     teacher = teacher_run(lm_out)
     scores = lm_out / "round-1" / "teacher" / "scores.jsonl"
-    ranker_dir = WORK_DIR / "runs" / "ce-lm-ql-1k"
-    ranker = ranker_run(ranker_dir, scores)
-    ds, bm25, reranked, lm, first = reranked_runs(ranker_dir, lm_out)
-    everyone = list(ds.queries.ids)
+    ev, ds, bm25 = eval_setup()
+    everyone, first = list(ds.queries.ids), ds.queries.ids[:LM_QUESTIONS]
+    runs, trained = {"BM25": bm25}, {}
+    for key, (name, start) in STUDENTS.items():
+        if start is not None and not start.is_dir():
+            print(f"skipped {key}: its start {start} is missing (run bench/ranker_answers.py)")
+            continue
+        trained[key] = ranker_run(WORK_DIR / "runs" / name, scores, start)
+        runs[key] = reranked(WORK_DIR / "runs" / name, ev, ds, bm25)
+    if ANSWER_RANKER.joinpath("final").is_dir():  # the second student's start, as it is
+        runs["answer ranker"] = reranked(ANSWER_RANKER, ev, ds, bm25)
+    runs["LM"] = lm_reranked(WORK_DIR / "runs" / STUDENTS["ranker"][0], lm_out, ds, bm25, first)
     sub = ds.queries.subset(first)
-    metrics = {"BM25": evaluate_run(bm25, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus),
-               "ranker": evaluate_run(reranked, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)}
+    metrics = {name: evaluate_run(run, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)
+               for name, run in runs.items() if name != "LM"}
     first_qrels = {q: ds.qrels[q] for q in first if q in ds.qrels}  # MRR / nDCG over these questions only
     on_first = {name: evaluate_run(type(run)({q: run[q] for q in first if q in run}), qrels=first_qrels, queries=sub,
                                    corpus=ds.corpus)
-                for name, run in (("BM25", bm25), ("ranker", reranked), ("LM", lm))}
-    paired = {f"Top-{k}": paired_difference(hits(bm25, ds, everyone, k), hits(reranked, ds, everyone, k)) for k in (1, 5)}
-    paired_lm = {f"Top-{k}": paired_difference(hits(reranked, ds, first, k), hits(lm, ds, first, k)) for k in (1, 5)}
+                for name, run in runs.items()}
+
+    def paired(a: str, b: str, qids) -> dict:  # b - a, per question
+        return {f"Top-{k}": paired_difference(hits(runs[a], ds, qids, k), hits(runs[b], ds, qids, k)) for k in (1, 5)}
+
+    comparisons = [(key, "BM25", everyone) for key in trained]
+    if "ranker_from_answers" in trained and "answer ranker" in runs:
+        comparisons += [("ranker_from_answers", "answer ranker", everyone)]
+    comparisons += [("LM", key, first) for key in trained]
     _, config = teacher_config(lm_out)
     r1 = teacher["rounds"][0]
-    return {"metrics": metrics, "on_first": on_first, "paired_vs_bm25": paired, "paired_lm_vs_ranker": paired_lm,
+    return {"metrics": metrics, "on_first": on_first,
+            "paired": [{"first": b, "second": a, **paired(b, a, qids)} for a, b, qids in comparisons],
             "questions": len(everyone), "lm_questions": len(first), "teacher_knowledge": teacher_knowledge(config, lm_out),
             "teacher": {"config": TEACHER_CONFIG, "sets": TEACHER_SETS, "questions": teacher["train_questions"],
                         "scoring_wall_s": (r1.get("teacher") or {}).get("wall_s")},
-            "ranker": {"config": RANKER_CONFIG, "steps": ranker["train"]["global_step"], "lists": ranker["teacher"]["lists"],
-                       "train_wall_s": ranker["train"].get("elapsed"), "loss": ranker["train"].get("loss")}}
+            "rankers": {key: {"config": RANKER_CONFIG, "start": str(STUDENTS[key][1] or "all-MiniLM-L6-v2, fresh head"),
+                              "steps": t["train"]["global_step"], "lists": t["teacher"]["lists"],
+                              "train_wall_s": t["train"].get("elapsed"), "loss": t["train"].get("loss")}
+                        for key, t in trained.items()}}
 
 
 def main(argv=None) -> None:
-    from ranker_lm_report import markdown
+    from ranker_lm_report import SYSTEMS, markdown
 
     args = parse_args(argv)
     path = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
@@ -171,11 +201,9 @@ def main(argv=None) -> None:
         measured = measure()
         data = {"benchmark": args.name, "environment": environment(), "command": command_line(), "note": args.note,
                 **measured}
-        label = "cross-encoder learning SmolLM2's question likelihood, re-ranking BM25's top 20"
-        data["summary"] = [summary_row("BM25", "squad-open", f"dev ({data['questions']:,} seeded)", False,
-                                       data["metrics"]["BM25"], KEYS),
-                           summary_row(label, "squad-open", f"dev ({data['questions']:,} seeded)", False,
-                                       data["metrics"]["ranker"], KEYS),
+        split = f"dev ({data['questions']:,} seeded)"
+        data["summary"] = [summary_row(SYSTEMS[key], "squad-open", split, False, data["metrics"][key], KEYS)
+                           for key in SYSTEMS if key in data["metrics"]] + [
                            summary_row("SmolLM2 question likelihood re-ranking BM25's top 20 (the teacher)", "squad-open",
                                        f"dev (first {data['lm_questions']} of them)", False, data["on_first"]["LM"], KEYS)]
     write_results(args.name, data, markdown(data))
