@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from distillir.errors import ConfigError
 from distillir.training import checkpoint as ckpt
 from distillir.training.arguments import TrainingArguments
+from distillir.training.clipping import clip_gradients
 from distillir.training.interrupt import StopOnSignal, TrainingInterrupted
 from distillir.training.state import (
     LossOutput,
@@ -102,6 +103,9 @@ class Trainer:
         self.collate_fn = collate_fn
         self.loss_fn = loss_fn
         self.param_groups = param_groups
+        if args.clip_per_group and param_groups is None:
+            raise ConfigError("trainer.clip_per_group clips each part a recipe trains with its own parameter group; "
+                              "this training step has one group (set it false)")
         self.callbacks = list(callbacks)
         self.output_dir = Path(args.output_dir)
         self.state = TrainerState()
@@ -317,10 +321,7 @@ class Trainer:
                 acc.backward(loss)  # divides by gradient_accumulation_steps
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
-        grad_norm = None
-        if args.max_grad_norm:
-            norm = acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-            grad_norm = float(norm) if norm is not None else None
+        grad_norm = clip_gradients(acc, self.model, optimizer.param_groups, args.max_grad_norm, args.clip_per_group)
         self._step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
         optimizer.step()
         scheduler.step()
