@@ -59,7 +59,7 @@ def markdown(data: dict) -> str:
     env, t = data["environment"], data["teacher"]
     rows = [{"system": SYSTEMS[key], **{k: data["metrics"][key].get(k) for k in KEYS}}
             for key in SYSTEMS if key in data["metrics"]]
-    first = [{"system": SYSTEMS[key].split(",")[0], **{k: data["on_first"][key].get(k) for k in KEYS}}
+    first = [{"system": SYSTEMS[key].split(", re-ranking")[0], **{k: data["on_first"][key].get(k) for k in KEYS}}
              for key in SYSTEMS if key in data["on_first"]]
     k = data["teacher_knowledge"]
     know = [{"lists": f"{label} ({k[part]['lists']})", **{name: f"{k[part][o + ' hit@1']:.3f} / {k[part][o + ' MRR']:.3f}"
