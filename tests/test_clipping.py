@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from distillir.errors import ConfigError
 from distillir.training.arguments import TrainingArguments
 from distillir.training.clipping import clip_gradients
 from distillir.training.trainer import Trainer
@@ -50,7 +49,15 @@ def test_no_limit_no_clip(accelerator):
     assert model.a.weight.grad.norm().item() == pytest.approx(10.0)
 
 
-def test_per_group_needs_groups(tmp_path):
-    args = TrainingArguments(output_dir=tmp_path, max_steps=1, clip_per_group=True)
-    with pytest.raises(ConfigError, match="clip_per_group"):
-        Trainer(nn.Linear(2, 1), args, [0], lambda xs: xs)
+def test_per_group_on_a_one_part_step_is_one_clip(tmp_path):
+    """A step without parameter groups of its own trains exactly as with one global clip (no refusal mid-run)."""
+    def trained(per_group: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Linear(2, 1)
+        args = TrainingArguments(output_dir=tmp_path / str(per_group), max_steps=2, per_device_batch_size=2,
+                                 save_steps=0, learning_rate=0.5, max_grad_norm=0.1, clip_per_group=per_group)
+        data = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])]
+        Trainer(model, args, data, torch.stack, loss_fn=lambda m, x: (m(x) ** 2).mean() * 100).train()
+        return model.weight.detach().clone()
+
+    assert torch.equal(trained(True), trained(False))

@@ -30,6 +30,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     # Clip each part a recipe trains with its own rate (its parameter group) to max_grad_norm on its own, so one
     # part's large gradient does not shrink another's step (Re2G: the query tower's T^2-scaled KD beside the ranker).
+    # A recipe that trains one part clips it once, as without.
     clip_per_group: bool = False
     # auto: bf16 on a GPU that supports it, else no; native: also bf16 on a CPU with native bf16 (avx512_bf16/AMX)
     mixed_precision: MixedPrecision = "auto"

@@ -103,9 +103,6 @@ class Trainer:
         self.collate_fn = collate_fn
         self.loss_fn = loss_fn
         self.param_groups = param_groups
-        if args.clip_per_group and param_groups is None:
-            raise ConfigError("trainer.clip_per_group clips each part a recipe trains with its own parameter group; "
-                              "this training step has one group (set it false)")
         self.callbacks = list(callbacks)
         self.output_dir = Path(args.output_dir)
         self.state = TrainerState()
@@ -321,7 +318,9 @@ class Trainer:
                 acc.backward(loss)  # divides by gradient_accumulation_steps
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value
-        grad_norm = clip_gradients(acc, self.model, optimizer.param_groups, args.max_grad_norm, args.clip_per_group)
+        # A step with no parts of its own (the default groups only split off weight decay) is one part: one clip.
+        per_group = args.clip_per_group and self.param_groups is not None
+        grad_norm = clip_gradients(acc, self.model, optimizer.param_groups, args.max_grad_norm, per_group)
         self._step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, for the log
         optimizer.step()
         scheduler.step()
