@@ -34,10 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS_DIR, WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
-from cotraining_report import COLUMNS, ORDER, REPO, SPLITS, markdown, summary
+from cotraining_report import CLAIMS, COLUMNS, ORDER, REPO, SPLITS, markdown, summary
 
 SEED = 42
 TOP_K = 100
+TREC_NAMES = {"ar2_lambda_0.5": "ar2-lambda-0.5", "ar2_lambda_0": "ar2-lambda-0", "hard_negatives": "hard-negatives"}
 
 
 def log(msg: str) -> None:
@@ -58,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lists-per-step", type=int, default=4)
     p.add_argument("--list-size", type=int, default=8)
     p.add_argument("--ranker-steps", type=int, default=100, help="cross-encoder training steps")
+    p.add_argument("--ranker", default=None,
+                   help="a saved cross-encoder every ranker-taught system starts from, instead of training one "
+                        "(e.g. the answer-trained ranker of bench/ranker_answers.py)")
+    p.add_argument("--name", default=None, help="results name (default cotraining_<dataset>[_<ranker dir>])")
     p.add_argument("--ar2-ranker-steps", type=int, default=15, help="AR2 ranker steps per iteration")
     p.add_argument("--rerank-depth", type=int, default=100, help="re-rank each run's top-k")
     p.add_argument("--bf16-rerank", choices=("auto", "on", "off"), default="auto")
@@ -67,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--note", default=None,
                    help="a line shown under the table, kept across resumes (e.g. what else shared the machine)")
     args = p.parse_args(argv)
-    args.work = Path(args.work_dir) if args.work_dir else WORK_DIR / f"cotraining-{args.dataset}"
+    tag = f"-{Path(args.ranker).resolve().parent.name}" if args.ranker else ""  # .../ce-answers/final -> ce-answers
+    args.work = Path(args.work_dir) if args.work_dir else WORK_DIR / f"cotraining-{args.dataset}{tag}"
+    args.name = args.name or f"cotraining_{args.dataset}{tag}".replace("-", "_")
     if args.retriever_steps % args.iterations:
         p.error("--retriever-steps must split evenly over --iterations")
     return args
@@ -76,7 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings_of(args) -> dict:
     keys = ("dataset", "data_dir", "model", "train_questions", "denoise_questions", "eval_questions", "retriever_steps",
             "iterations", "lists_per_step", "list_size", "ranker_steps", "ar2_ranker_steps", "rerank_depth")
-    return {k: getattr(args, k) for k in keys}
+    settings = {k: getattr(args, k) for k in keys}
+    if args.ranker:  # absent otherwise, so the work directories of earlier runs still resume
+        settings["ranker"] = str(Path(args.ranker).resolve())
+    return settings
 
 
 def bf16_ok(args) -> bool:
@@ -88,6 +98,46 @@ def bf16_ok(args) -> bool:
     return default_encoding_dtype() == "bfloat16"
 
 
+def per_query_scores(run, eval_ds, dataset: str) -> dict[str, dict[str, float]]:
+    """{metric: {qid: value}}: Top-1 / Top-5 answer hits on squad-open, nDCG@10 on SciFact."""
+    if dataset == "scifact":
+        from distillir.evaluation.metrics import evaluate_qrels
+
+        rows = evaluate_qrels(run, eval_ds.qrels, ["nDCG@10"], per_query=True)["per_query"]
+        return {"nDCG@10": {q: v["nDCG@10"] for q, v in rows.items()}}
+    from distillir.data.answers import AnswerMatcher
+
+    matcher = AnswerMatcher(eval_ds.corpus)
+    out: dict[str, dict[str, float]] = {"Top-1": {}, "Top-5": {}}
+    for q, answers in zip(eval_ds.queries.ids, eval_ds.queries.answers):
+        first = matcher.first_hit(answers, [p for p, _ in run.get(q, [])[:5]])
+        out["Top-1"][q], out["Top-5"][q] = float(first == 0), float(first is not None)
+    return out
+
+
+def paired_claims(res: dict, work: Path, eval_ds) -> list[dict]:
+    """CLAIMS whose two systems are done, as paired per-query differences (second - first) from their runs."""
+    from _common import paired_difference
+
+    from distillir.data.run import Run
+
+    dataset, cache, out = res["settings"]["dataset"], {}, []
+
+    def scores(key):
+        if key not in cache:
+            cache[key] = per_query_scores(Run.read_trec(work / "runs" / f"{TREC_NAMES.get(key, key)}.trec"),
+                                          eval_ds, dataset)
+        return cache[key]
+
+    for claim, first, second in CLAIMS:
+        if res["systems"].get(first) is None or res["systems"].get(second) is None:
+            continue
+        a, b = scores(first), scores(second)
+        out.append({"claim": claim, "first": first, "second": second,
+                    **{m: paired_difference(a[m], b[m]) for m in a}})
+    return out
+
+
 # ------------------------------------------------------------------------------------------- bench
 
 
@@ -96,7 +146,8 @@ class Bench:
         self.args = args
         self.work = args.work
         self.state_file = self.work / "bench_state.json"
-        self.name = f"cotraining_{args.dataset.replace('-', '_')}"
+        self.name = args.name
+        self.ranker = Path(args.ranker).resolve() if args.ranker else self.work / "cross-encoder" / "final"
         self.res: dict = {}
 
     def save(self) -> None:
@@ -104,6 +155,7 @@ class Bench:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.res, indent=2, default=str), encoding="utf-8")
         tmp.replace(self.state_file)
+        self.res["claims"] = paired_claims(self.res, self.work, self.eval_ds)
         self.res["summary"] = summary(self.res)
         write_results(self.name, self.res, markdown(self.res))
 
@@ -197,6 +249,11 @@ class Bench:
     def cross_encoder(self) -> None:
         a = self.args
         start = time.perf_counter()
+        if a.ranker:
+            self.res["systems"]["cross_encoder"] = {"system": "cross-encoder (given)", "final": str(self.ranker),
+                                                    "wall_s": 0.0}
+            self.save()
+            return
         res = self.recipe("cross-encoder", "cross-encoder-scifact-cpu.yaml", self.work / "cross-encoder", [
             f"model={a.model}", f"list_size={a.list_size}", f"trainer.max_steps={a.ranker_steps}",
             f"trainer.per_device_batch_size={a.lists_per_step}"])
@@ -213,7 +270,7 @@ class Bench:
         from distillir.recipes.common.ranking import rerank_run
 
         start = time.perf_counter()
-        ranker = CrossEncoder.from_pretrained(self.work / "cross-encoder" / "final")
+        ranker = CrossEncoder.from_pretrained(self.ranker)
         first = Run.read_trec(self.run_file(source))
         bf16 = self.res["bf16_rerank"]
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -246,7 +303,7 @@ class Bench:
         a = self.args
         start = time.perf_counter()
         res = self.recipe("rocketqa-v2", "rocketqa-v2-scifact-cpu.yaml", self.work / f"rocketqa-{mode}", [
-            *self.retriever_sets(), f"mode={mode}", f"ranker={self.work / 'cross-encoder' / 'final'}",
+            *self.retriever_sets(), f"mode={mode}", f"ranker={self.ranker}",
             "ranker_warmup.steps=0", f"data.max_train_queries={a.denoise_questions}",
             f"lists.list_size={a.list_size}", f"trainer.max_steps={a.retriever_steps}",
             f"trainer.save_steps={a.retriever_steps // 2}"])
@@ -273,7 +330,7 @@ class Bench:
             label, note = "Hard negatives (contrastive)", "AR2's refreshed negatives, no ranker"
         else:
             sets += ["retriever_loss=adversarial", f"lambda_={lambda_}",
-                     f"ranker={self.work / 'cross-encoder' / 'final'}", "ranker_warmup.steps=0",
+                     f"ranker={self.ranker}", "ranker_warmup.steps=0",
                      f"ranker_steps={a.ar2_ranker_steps}"]
             label = f"AR2 lambda={lambda_:g}"
             note = "pure distillation" if lambda_ == 0 else "adversarial + distillation"
@@ -321,7 +378,7 @@ class Bench:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.render_only:
-        name = f"cotraining_{args.dataset.replace('-', '_')}"
+        name = args.name
         res = json.loads((RESULTS_DIR / f"{name}.json").read_text())
         res["summary"] = summary(res)
         write_results(name, res, markdown(res))

@@ -20,6 +20,41 @@ BM25_REFERENCE = {"scifact": ("BEIR's published BM25 nDCG@10", 0.665)}
 ORDER = ["bm25", "minilm", "cross_encoder", "rerank_bm25", "rocketqa_dynamic", "rocketqa_static", "ar2_lambda_0.5",
          "ar2_lambda_0", "hard_negatives", "dpr", "rerank_dpr"]
 
+# (claim, first system, second system): second - first per query, 95% paired interval
+CLAIMS = [
+    ("RocketQAv2: dynamic beats static (the paper's claim)", "rocketqa_static", "rocketqa_dynamic"),
+    ("AR2: adversarial (lambda 0.5) beats pure distillation (lambda 0)", "ar2_lambda_0", "ar2_lambda_0.5"),
+    ("AR2 beats plain hard negatives at equal steps (the paper's claim)", "hard_negatives", "ar2_lambda_0.5"),
+    ("RocketQAv2 dynamic beats DPR at equal budget", "dpr", "rocketqa_dynamic"),
+    ("AR2 beats DPR at equal budget", "dpr", "ar2_lambda_0.5"),
+    ("RocketQAv2 dynamic beats its untrained start", "minilm", "rocketqa_dynamic"),
+    ("AR2 beats its untrained start", "minilm", "ar2_lambda_0.5"),
+    ("RocketQAv2 dynamic beats BM25", "bm25", "rocketqa_dynamic"),
+    ("the re-ranker over BM25 beats BM25", "bm25", "rerank_bm25"),
+]
+
+
+def verdict(diff: dict) -> str:
+    low, high = diff["mean_diff"] - diff["half_width"], diff["mean_diff"] + diff["half_width"]
+    return "held" if low > 0 else ("reversed" if high < 0 else "not shown")
+
+
+def claims_table(res: dict) -> list[str]:
+    claims = res.get("claims") or []
+    if not claims:
+        return []
+    metrics = [m for m in claims[0] if m not in ("claim", "first", "second")]
+    out = ["## Claims, paired per query", "",
+           "| claim (second - first) | " + " | ".join(f"{m} diff | ±" for m in metrics)
+           + f" | better / worse ({metrics[-1]}) | at this scale ({metrics[-1]}) |",
+           "|---|" + "---:|---:|" * len(metrics) + "---|---|"]
+    for c in claims:
+        last = c[metrics[-1]]
+        out.append(f"| {c['claim']} | " + " | ".join(f"{c[m]['mean_diff']:+.3f} | {c[m]['half_width']:.3f}"
+                                                      for m in metrics)
+                   + f" | {last['better']} / {last['worse']} | {verdict(last)} |")
+    return ["", *out]
+
 
 def fmt(v, digits: int = 3) -> str:
     if v is None:
@@ -56,20 +91,28 @@ def markdown(res: dict) -> str:
             f"whose denoising re-scores each one's top 20). Every retriever: {s['model'].split('/')[-1]}, "
             f"{s['retriever_steps']} optimizer steps x {s['lists_per_step']} queries x {s['list_size']} passages "
             f"(32/128 query/passage tokens). Re-ranker: the `cross-encoder` recipe, {s['ranker_steps']} steps "
-            f"x {s['lists_per_step']} lists of {s['list_size']}, shared by RocketQAv2 and AR2 as their start."), "",
+            f"x {s['lists_per_step']} lists of {s['list_size']}, shared by RocketQAv2 and AR2 as their start."
+            if not s.get("ranker") else
+            f"Re-ranker: the saved cross-encoder `{ranker_label(s['ranker'])}`, shared by RocketQAv2 and AR2 as "
+            "their start and re-ranking BM25 and DPR (not trained here)."), "",
            "| " + " | ".join(cols) + " |",
            "|" + "|".join("---" if c in ("system", "note") else "---:" for c in cols) + "|"]
     for r in rows:
         out.append("| " + " | ".join(fmt(r.get(c), 1 if c == "wall_s" else 3) for c in cols) + " |")
     ce = res["systems"].get("cross_encoder")
-    if ce:
+    if ce and not s.get("ranker"):
         out += ["", f"Cross-encoder training: {fmt(ce['wall_s'])} s."]
     out += ["", "wall_s: training (if any) + corpus embedding + search + evaluation of that system, on this machine.",
-            *[line for note in res.get("notes") or [] for line in ("", note)], "", "## Reading", "", reading(res), "", "## Command", "", "```", res["command"], "```", "",
+            *[line for note in res.get("notes") or [] for line in ("", note)], *claims_table(res), "", "## Reading", "", reading(res), "", "## Command", "", "```", res["command"], "```", "",
             "Overrides of the shipped configs (configs/*-scifact-cpu.yaml), per recipe run:", ""]
     for name, sets in (res.get("overrides") or {}).items():
         out.append(f"- `{name}`: `{' '.join(sets).replace(str(REPO) + '/', '')}`")  # paths as in the command
     return "\n".join(out)
+
+
+def ranker_label(path: str) -> str:
+    """The path from the repository (bench/work/...), wherever the run's checkout was."""
+    return path[path.index("bench/work/"):] if "bench/work/" in path else path.replace(str(REPO) + "/", "")
 
 
 def reading(res: dict) -> str:
@@ -129,7 +172,15 @@ def reading(res: dict) -> str:
         parts.append(f"AR2 lambda 0.5 minus lambda 0: {a - z:+.3f}.")
     if a is not None and h is not None:
         parts.append(f"AR2 lambda 0.5 minus plain hard negatives at equal steps: {a - h:+.3f}.")
+    by = {}
+    for c in res.get("claims") or []:
+        metric = [m for m in c if m not in ("claim", "first", "second")][-1]
+        by.setdefault(verdict(c[metric]), []).append(f"{c['claim']} ({c[metric]['mean_diff']:+.3f} ± "
+                                                       f"{c[metric]['half_width']:.3f} {metric})")
+    for word in ("held", "not shown", "reversed"):
+        if by.get(word):
+            parts.append(f"{word.capitalize()} at this scale: {'; '.join(by[word])}.")
     n = res.get("eval_queries") or 0
-    if n:
+    if n and not res.get("claims"):
         parts.append(f"With {n} queries, differences of a point or two are within run-to-run noise; one seed.")
     return " ".join(parts)
