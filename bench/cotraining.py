@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ranker", default=None,
                    help="a saved cross-encoder every ranker-taught system starts from, instead of training one "
                         "(e.g. the answer-trained ranker of bench/ranker_answers.py)")
+    p.add_argument("--ranker-unlabelled", action="store_true",
+                   help="the given ranker was trained without relevance labels (its BM25 re-ranking row says so)")
     p.add_argument("--name", default=None, help="results name (default cotraining_<dataset>[_<ranker dir>])")
     p.add_argument("--ar2-ranker-steps", type=int, default=15, help="AR2 ranker steps per iteration")
     p.add_argument("--rerank-depth", type=int, default=100, help="re-rank each run's top-k")
@@ -174,6 +176,7 @@ class Bench:
         self.res = previous or {"systems": {}}
         keep_environment(self.res)
         self.res.update(settings=s, command=command_line())
+        self.res["ranker_unlabelled"] = bool(a.ranker and a.ranker_unlabelled)
         if a.note and a.note not in self.res.setdefault("notes", []):
             self.res["notes"].append(a.note)
         self.eval_ds = load_dataset(a.data_dir or a.dataset, SPLITS[a.dataset], max_queries=a.eval_questions or None, seed=SEED)
@@ -380,6 +383,7 @@ def main(argv=None) -> None:
     if args.render_only:
         name = args.name
         res = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+        res["ranker_unlabelled"] = res.get("ranker_unlabelled") or bool(args.ranker and args.ranker_unlabelled)
         res["summary"] = summary(res)
         write_results(name, res, markdown(res))
         return

@@ -71,7 +71,8 @@ def summary(res: dict) -> list[dict]:
     from _common import summary_row
 
     ds = res["settings"]["dataset"]
-    return [summary_row(res["systems"][k]["system"], ds, SPLITS[ds], k not in UNLABELLED, res["systems"][k],
+    unlabelled = (*UNLABELLED, "rerank_bm25") if res.get("ranker_unlabelled") else UNLABELLED
+    return [summary_row(res["systems"][k]["system"], ds, SPLITS[ds], k not in unlabelled, res["systems"][k],
                         tuple(c for c in COLUMNS[ds] if c not in ("system", "note", "wall_s")))
             for k in ORDER if res["systems"].get(k) is not None and k != "cross_encoder"]
 
@@ -83,7 +84,8 @@ def markdown(res: dict) -> str:
     rows = [res["systems"][k] for k in ORDER if k in res["systems"] and k != "cross_encoder"]
     env = res.get("environment", {})
     status = "complete" if res.get("complete") else "PARTIAL (rerun the command to continue)"
-    out = [f"# Retriever-ranker co-training on {ds}", "",
+    start = f", started from a saved re-ranker ({ranker_label(s['ranker']).split('/')[-2]})" if s.get("ranker") else ""
+    out = [f"# Retriever-ranker co-training on {ds}{start}", "",
            (f"Run {env.get('date_utc')} on {env.get('cpu_model', 'CPU')}; torch {env.get('torch')}, transformers "
             f"{env.get('transformers')}. Status: {status}."), "",
            (f"Evaluation: {res.get('eval_queries')} {SPLITS[ds]} queries over {res.get('corpus_passages')} passages. "
@@ -94,7 +96,9 @@ def markdown(res: dict) -> str:
             f"x {s['lists_per_step']} lists of {s['list_size']}, shared by RocketQAv2 and AR2 as their start."
             if not s.get("ranker") else
             f"Re-ranker: the saved cross-encoder `{ranker_label(s['ranker'])}`, shared by RocketQAv2 and AR2 as "
-            "their start and re-ranking BM25 and DPR (not trained here)."), "",
+            "their start and re-ranking BM25 and DPR (not trained here"
+            + ("; trained from question-answer pairs alone, no relevance labels" if res.get("ranker_unlabelled") else "")
+            + ")."), "",
            "| " + " | ".join(cols) + " |",
            "|" + "|".join("---" if c in ("system", "note") else "---:" for c in cols) + "|"]
     for r in rows:
