@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,26 @@ def gold_reference() -> dict:
     return result
 
 
+def ranker_movement(runs: list[str], ranker: str) -> dict:
+    """L2 distance of each run's trained re-ranker from the start ranker, and between the runs' re-rankers: did a
+    run's re-ranker move less (as one shared clip would suggest), and do two runs end at the same weights?"""
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(path: Path) -> dict:
+        return load_file(path / "model.safetensors")
+
+    def dist(a: dict, b: dict) -> float:
+        return round(math.sqrt(sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a if k in b)), 4)
+
+    with torch.no_grad():
+        start = weights(Path(ranker))
+        trained = {n: weights(run_dir(n) / "final" / "ranker") for n in runs}
+        return {"from_start": {n: dist(w, start) for n, w in trained.items()},
+                "between": {f"{a} vs {b}": dist(trained[a], trained[b])
+                            for i, a in enumerate(runs) for b in runs[i + 1:]}}
+
+
 def per_question(name: str) -> dict:
     """{system: {qid: (EM, F1)}} from a run's generations log, and its questions' answers."""
     from distillir.data.datasets import load_dataset
@@ -184,6 +205,7 @@ def measure(args) -> dict:
         json.loads, (run_dir(n) / "e2e" / "log.jsonl").read_text().splitlines())]
         for n in runs if (run_dir(n) / "e2e" / "log.jsonl").is_file()}
     data["e2e"]["max_grad_norm"] = cfg["e2e"]["trainer"].get("max_grad_norm")
+    data["e2e"]["ranker_movement"] = ranker_movement(runs, args.ranker)
     data["summary"] = [summary_row(r["system"], "squad-open", f"dev ({data['e2e']['eval_questions']:,} seeded)", False, r, KEYS) for r in table]
     data["summary"] += [summary_row(f"MiniLM query encoder, {k}", "squad-open", "dev (all)", False, v,
                                     ("Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"))

@@ -51,7 +51,15 @@ def _clipping(data: dict) -> list[str]:
     text = (f"Both runs train the same re-ranker from the same start under one gradient-norm clip ({clip}) over "
             f"every trained parameter; the total norm before clipping averages {mean['kd']:.1f} with KD (the query "
             f"tower's alpha T^2 KL term included) against {mean['frozen']:.1f} without, over the logged steps, so "
-            f"with KD the re-ranker's steps are scaled down about {mean['kd'] / mean['frozen']:.1f}x more.")
+            f"with KD the re-ranker's gradient is scaled down about {mean['kd'] / mean['frozen']:.1f}x more.")
+    move = data["e2e"].get("ranker_movement")
+    if move:
+        text += (" Under AdamW a uniformly scaled gradient barely changes the step, and the re-rankers moved alike: "
+                 "L2 distance from the start ranker " + ", ".join(f"{n} {d:.3f}" for n, d in move["from_start"].items())
+                 + "; between the runs' re-rankers " + ", ".join(f"{k} {d:.3f}" for k, d in move["between"].items())
+                 + " (a distance near each run's own movement means two runs ended at unrelated points: with the "
+                 "query tower trained or not, the dropout masks and the candidates read at evaluation differ too, a "
+                 "spread that one seed per run and the paired per-question interval do not measure).")
     f1 = {r["run"]: r["F1"] for r in data["table"] if r["system"].startswith("Re2G")}
     test = next((c for c in data["claims"] if c["first"].startswith("Re2G end to end with online KD")
                  and c["second"].endswith("clipped alone")), None)
