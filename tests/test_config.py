@@ -121,3 +121,11 @@ def test_round_trip_through_saved_yaml(tmp_path):
     assert config_from_dict(Demo, data) == cfg
     assert load_config(Demo, path) == cfg
     assert config_diff(config_to_dict(cfg), {**config_to_dict(cfg), "seed": 1}) == ["seed"]
+
+
+def test_training_seed_overrides_the_run_seed_for_training_only(tmp_path):
+    from distillir.training.arguments import TrainConfig, TrainingArguments
+
+    assert TrainingArguments.from_config(TrainConfig(), output_dir=tmp_path, seed=42).seed == 42
+    args = TrainingArguments.from_config(TrainConfig(training_seed=7), output_dir=tmp_path, seed=42)
+    assert args.seed == 7 and args.training_seed == 7

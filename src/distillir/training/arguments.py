@@ -45,6 +45,9 @@ class TrainConfig:
     # batch B train as one process with batch N x B.
     cross_device_negatives: bool = False
     cpu: bool = False  # train on CPU even when a GPU is there
+    # The seed of training's own randomness (dropout, example order, fresh heads); null: the run's seed. Setting it
+    # alone repeats a run on the same sampled data with other random draws, to measure run-to-run spread.
+    training_seed: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("per_device_batch_size", "gradient_accumulation_steps", "num_epochs", "log_steps")
@@ -82,6 +85,7 @@ class TrainingArguments(TrainConfig):
     @classmethod
     def from_config(cls, config: TrainConfig, *, output_dir: str | Path, seed: int, resume: bool = False):
         values = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+        seed = config.training_seed if config.training_seed is not None else seed
         return cls(**values, output_dir=output_dir, seed=seed, resume=resume)
 
 
