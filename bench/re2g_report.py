@@ -38,6 +38,7 @@ def reading(data: dict) -> str:
                     f": {e_steps} steps move it by less than a hundredth either way, no gain over its start."
                     if max(abs(kd[k] - start[k]) for k in ("Top-1", "Top-5", "Top-20")) < 0.01 else "."))
     text += _clipping(data)
+    text += _seed_spread(data)
     del t
     return " ".join(text)
 
@@ -76,6 +77,25 @@ def _clipping(data: dict) -> list[str]:
     return [text, (f"Clipping each part alone (`e2e.trainer.clip_per_group: true`, the third end-to-end run) tests "
                    f"it: F1 {f1['kd-clip']:.3f} against {f1['kd']:.3f} under the shared clip "
                    f"({d['mean_diff']:+.3f} ± {d['half_width']:.3f}) and {f1['frozen']:.3f} without KD; {why}.")]
+
+
+def _seed_spread(data: dict) -> list[str]:
+    """The frozen run repeated with another training seed: how far one config's rows move between seeds."""
+    spread = next((c for c in data["claims"] if "training seed 2" in c["claim"]), None)
+    kd = next((c for c in data["claims"] if c["claim"] == "end to end with KD beats end to end without"), None)
+    if spread is None:
+        return []
+    d = spread["F1"]["mean_diff"]
+    text = (f"The frozen run repeated with training seed 2 (same data, other dropout masks and example order) moves F1 "
+            f"by {d:+.3f} ± {spread['F1']['half_width']:.3f}")
+    if kd is not None:
+        k = kd["F1"]["mean_diff"]
+        text += (f": KD's {k:+.3f} against the frozen run is "
+                 + ("within" if abs(k) <= abs(d) else "beyond") + " what a second seed of one config moves, so "
+                 + ("one seed per run cannot tell KD's effect from run-to-run spread here." if abs(k) <= abs(d)
+                    else "it is more than seed-to-seed spread (two seeds; more would bound the spread).")
+                 )
+    return [text if text.endswith(".") else text + "."]
 
 
 def render(data: dict) -> str:
