@@ -132,6 +132,13 @@ def paired_difference(first: dict, second: dict) -> dict:
             "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
+def verdict(diff: dict) -> str:
+    """A paired_difference's reading: "held" (interval above 0), "reversed" (below 0) or "not shown"."""
+    if diff["mean_diff"] - diff["half_width"] > 0:
+        return "held"
+    return "reversed" if diff["mean_diff"] + diff["half_width"] < 0 else "not shown"
+
+
 SUMMARY_FIELDS = ("system", "dataset", "split", "labels_used", "metrics")
 
 

@@ -77,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     tag = f"-{Path(args.ranker).resolve().parent.name}" if args.ranker else ""  # .../ce-answers/final -> ce-answers
     args.work = Path(args.work_dir) if args.work_dir else WORK_DIR / f"cotraining-{args.dataset}{tag}"
     args.name = args.name or f"cotraining_{args.dataset}{tag}".replace("-", "_")
+    if args.ranker and not (Path(args.ranker) / "distillir_cross_encoder.json").is_file():
+        p.error(f"--ranker {args.ranker}: not a saved cross-encoder (no distillir_cross_encoder.json there)")
+    if args.ranker_unlabelled and not args.ranker:
+        p.error("--ranker-unlabelled describes a given --ranker; this run trains its own (with the train qrels)")
     if args.retriever_steps % args.iterations:
         p.error("--retriever-steps must split evenly over --iterations")
     return args

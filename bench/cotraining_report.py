@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import verdict
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"scifact": "test", "squad-open": "dev"}
@@ -32,11 +33,6 @@ CLAIMS = [
     ("RocketQAv2 dynamic beats BM25", "bm25", "rocketqa_dynamic"),
     ("the re-ranker over BM25 beats BM25", "bm25", "rerank_bm25"),
 ]
-
-
-def verdict(diff: dict) -> str:
-    low, high = diff["mean_diff"] - diff["half_width"], diff["mean_diff"] + diff["half_width"]
-    return "held" if low > 0 else ("reversed" if high < 0 else "not shown")
 
 
 def claims_table(res: dict) -> list[str]:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, verdict, write_results
 from dgr_teachers import LM_TEACHER_RUN, lm_teacher_file, lm_teacher_knowledge, teacher_knowledge, untrained_student
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,8 +159,7 @@ def per_query(run, ds) -> dict:
 def claim(nd: dict, first: str, second: str, text: str) -> dict:
     d = paired_difference(nd[first], nd[second])
     return {"claim": text, "first": first, "second": second, "nDCG@10": d,
-            "held": "held" if d["mean_diff"] - d["half_width"] > 0 else
-            ("reversed" if d["mean_diff"] + d["half_width"] < 0 else "not shown")}
+            "held": verdict(d)}
 
 
 def claims_of(nd: dict) -> list[dict]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, verdict, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/re2g-smollm2-squad-cpu.yaml"
@@ -190,10 +190,8 @@ def measure(args) -> dict:
         common = [q for q in first if q in second]
         diff = {m: paired_difference({q: first[q][i] for q in common}, {q: second[q][i] for q in common})
                 for i, m in enumerate(("EM", "F1"))}
-        held = diff["F1"]["mean_diff"] - diff["F1"]["half_width"] > 0
         claims.append({"claim": claim, "first": SYSTEMS[a][0], "second": SYSTEMS[b][0], **diff,
-                       "held": "held" if held else ("reversed" if diff["F1"]["mean_diff"] + diff["F1"]["half_width"] < 0
-                                                    else "not shown")})
+                       "held": verdict(diff["F1"])})
     walls = {n: json.loads((run_dir(n) / "bench_wall_s.json").read_text())["wall_s"]
              for n in runs if (run_dir(n) / "bench_wall_s.json").is_file()}
     data = {"benchmark": "re2g", "environment": environment(), "command": command_line(drop=("--note", "--only", "--partial")), "config": CONFIG,

@@ -129,3 +129,5 @@ def test_training_seed_overrides_the_run_seed_for_training_only(tmp_path):
     assert TrainingArguments.from_config(TrainConfig(), output_dir=tmp_path, seed=42).seed == 42
     args = TrainingArguments.from_config(TrainConfig(training_seed=7), output_dir=tmp_path, seed=42)
     assert args.seed == 7 and args.training_seed == 7
+    with pytest.raises(ConfigError, match="training_seed must be in"):
+        TrainConfig(training_seed=-1)

@@ -66,6 +66,8 @@ class TrainConfig:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be at least 1 (or null to keep all), got {self.save_total_limit}")
         check_max_grad_norm(self.max_grad_norm)
+        if self.training_seed is not None and not 0 <= self.training_seed < 2**32:  # numpy's seed range
+            raise ConfigError(f"training_seed must be in [0, 2**32) (or null: the run's seed), got {self.training_seed}")
 
 
 def check_max_grad_norm(max_grad_norm: float | None) -> None:
