@@ -208,7 +208,7 @@ def test_causal_lm_reader_teaches_without_training(fidkd_env, tiny_bert_dir, tin
 
 def test_questions_only_on_a_beir_dataset(fidkd_env, tiny_bert_dir, tiny_lm_dir, tmp_path, monkeypatch):
     """Claims or questions without answers (BEIR layout): question likelihood needs none, so every question is a
-    training list, and the eval split is scored with its qrels (nDCG@10)."""
+    training list, and the eval split is scored with its qrels (nDCG@10); nor does a score file made from it."""
     from distillir.data.toy import write_toy_beir
 
     monkeypatch.setenv("DISTILLIR_CACHE", str(tmp_path / "cache"))
@@ -220,6 +220,16 @@ def test_questions_only_on_a_beir_dataset(fidkd_env, tiny_bert_dir, tiny_lm_dir,
     (r1,) = results["rounds"]
     assert results["train_questions"] > 0 and r1["teacher"]["questions"] == results["train_questions"]
     assert "nDCG@10" in results["metrics"] and "nDCG@10" in results["start_metrics"]
+    # Those scores, distilled again from their file (no reader, no answers anywhere): the same lists train.
+    scores = tmp_path / "run" / "round-1" / "teacher" / "scores.jsonl"
+    again = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, beir, tmp_path / "again", f"teacher_scores={scores}",
+                                            "rounds=1", "train_split=train", "eval.split=test", "eval.reader=false",
+                                            "start=student"))
+    assert again["train_questions"] == results["train_questions"] and "nDCG@10" in again["metrics"]
+    assert again["rounds"][0]["retriever"]["train"]["global_step"] > 0
+    with pytest.raises(ConfigError, match="no question has an answer"):
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, beir, tmp_path / "answers", "teacher_scores=answers",
+                                        "rounds=1", "train_split=train", "eval.split=test", "eval.reader=false"))
     with pytest.raises(ConfigError, match="no question has an answer"):
         FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, beir, tmp_path / "pdist", "reader.kind=causal-lm",
                                         f"reader.model={tiny_lm_dir}", "teacher.aggregation=pdist", "rounds=1",

@@ -187,7 +187,10 @@ class FiDKDRecipe(Recipe):
         self.lm = config.reader.kind == "causal-lm" and config.teacher_scores is None
         if self.lm:  # loaded (and kept) now: a model that does not load fails before any retrieval
             self._reader(config, None)
-        questions_only = self.lm and config.teacher.aggregation == "question_likelihood"
+        # Answers are read only by the answer-string teacher and by readers that learn or score them; a score
+        # file, a cross-encoder and the LM's question likelihood need none (claims, questions without answers).
+        questions_only = (config.teacher_scores not in (None, ANSWERS)
+                          or (self.lm and config.teacher.aggregation == "question_likelihood"))
         train, self.train_queries = qa_training_split(config.dataset, config.train_split, config.max_train_queries,
                                                       config.seed, need_answers=not questions_only)
         self.corpus = train.corpus
