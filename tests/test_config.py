@@ -131,3 +131,14 @@ def test_training_seed_overrides_the_run_seed_for_training_only(tmp_path):
     assert args.seed == 7 and args.training_seed == 7
     with pytest.raises(ConfigError, match="training_seed must be in"):
         TrainConfig(training_seed=-1)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_run_seed_outside_numpys_range_is_refused_before_the_run_directory(tmp_path, seed):
+    from distillir.recipes import get_recipe
+
+    recipe = get_recipe("dpr")
+    config = recipe.load_config(None, [f"output_dir={tmp_path / 'run'}", f"seed={seed}"])
+    with pytest.raises(ConfigError, match=r"seed must be in \[0, 2\*\*32\)"):
+        recipe().run(config)
+    assert not (tmp_path / "run").exists()
