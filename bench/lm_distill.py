@@ -16,6 +16,10 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
                bench/ranker_answers.py's ranker)
   scifact_ql   SciFact, all 809 train claims, log p(claim | abstract): claims only
   scifact_ql_3r  the same in three rounds, each over the previous round's retriever's lists
+  scifact_ql_gemma  scifact_ql with Gemma-3-270M (base) as the LM; needs its GGUF (bench/lm_teacher.py's docstring)
+  scifact_ql_gemma_2r  the same in two rounds
+  scifact_gemma_both  scifact_ql_gemma's scores into both towers (the passage tower trained too)
+  squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from lm_distill_report import markdown, summary
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = "configs/fid-kd-smollm2-squad-cpu.yaml"
+GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"  # written by the gemma3 packages (bench/lm_teacher.py)
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
@@ -59,6 +64,39 @@ RUNS = {
     # Later rounds: the LM scores the previous round's retriever's lists (pairs scored before come from the cache).
     "scifact_ql_3r": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact-3r",
                       "sets": ["rounds=3"], "system": "MiniLM distilled from SmolLM2 claim likelihood, 3 rounds (claims only)"},
+    # A second, larger LM as the teacher (issue 13): Gemma-3-270M base (not instruction-tuned, so plain prompts,
+    # no chat template), the same claims, lists, prompt and student. The GGUF is written by the gemma3 packages
+    # (see bench/lm_teacher.py's docstring) to GEMMA.
+    "scifact_ql_gemma": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact",
+                         "sets": [f"reader.model={GEMMA}",
+                                  "reader.lm.prompts.chat=false"],
+                         "system": "MiniLM distilled from Gemma-3-270M claim likelihood (claims only)",
+                         "needs": GEMMA},
+    "scifact_ql_gemma_2r": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact-2r",
+                            "sets": [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false", "rounds=2"],
+                            "system": "MiniLM distilled from Gemma-3-270M claim likelihood, 2 rounds (claims only)",
+                            "needs": GEMMA},
+    # Gemma's scores as they are, into both towers (train_passages: the corpus re-embedded by the trained tower
+    # for evaluation): is the student's passage side what limits it? (student only; no new scoring)
+    "scifact_gemma_both": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact-both",
+                           "lists_dir": "fid-kd-gemma-scifact",
+                           "sets": [f"teacher_scores={WORK_DIR / 'runs' / 'fid-kd-gemma-scifact' / 'round-1' / 'teacher' / 'scores.jsonl'}",
+                                    # 16 lists x (10 + 16 random) passages in one forward ran out of 24 GB:
+                                    # two micro-batches of 8 lists make the same step
+                                    "retriever.train_passages=true", "retriever.trainer.per_device_batch_size=8",
+                                    "retriever.trainer.gradient_accumulation_steps=2"],
+                           "system": "MiniLM, both towers, distilled from Gemma-3-270M claim likelihood (claims only)",
+                           "needs": WORK_DIR / "runs" / "fid-kd-gemma-scifact" / "round-1" / "teacher" / "scores.jsonl",
+                           "not_run": "started 2026-12-03 on 2 Intel AMX cores and stopped: the passage tower's "
+                                      "forward and backward over 16 lists x (10 + 16 random) passages of 256 tokens "
+                                      "took 135-146 s a step (2 steps in 4 min 40 s; in one forward instead of two "
+                                      "micro-batches it ran out of 24 GB), so the config's 91 steps would take about "
+                                      "3.5 hours, against 0.6 min for the query tower alone. Not measured."},
+    "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
+                       "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", f"reader.model={GEMMA}",
+                                "reader.lm.prompts.chat=false"],
+                       "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
+                       "needs": GEMMA},
 }
 # Reference rows evaluated here on the same dev questions, from runs made elsewhere (read when present): the
 # answer-string teacher (the shipped config's run) and the same student path trained on gold passages (labels).
@@ -269,8 +307,16 @@ def main(argv=None) -> None:
         for r in res["runs"].values():  # kept from the last result: measured where that result was
             r.setdefault("environment", earlier.get("environment"))
         for key, spec in RUNS.items():
-            if key in only:
-                res["runs"][key] = analyse(key, spec, run_or_read(spec))
+            if key not in only:
+                continue
+            if spec.get("needs") and not Path(spec["needs"]).exists():
+                message = f"{key}: {spec['needs']} is missing (see bench/lm_teacher.py's docstring for Gemma)"
+                if args.only:
+                    raise SystemExit(message)
+                print(f"skipped {message}", file=sys.stderr)
+                continue
+            res["runs"][key] = analyse(key, spec, run_or_read(spec))
+    res["not_run"] = {k: v["not_run"] for k, v in RUNS.items() if v.get("not_run") and k not in res["runs"]}
     res["summary"] = summary(res, KEYS, summary_row)
     write_results(args.name, res, markdown(res))
 

@@ -141,13 +141,17 @@ def markdown(res: dict) -> str:
          "compare teachers at the same questions and steps."), "",
         (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
          f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. The LM is SmolLM2-135M-Instruct (the packaged "
-         "Q4_1 GGUF, dequantised) in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
+         "Q4_1 GGUF, dequantised) unless a section's system names Gemma-3-270M (the base model's Q4_K_M GGUF, "
+         "plain prompts), in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
          "(passage tower frozen: the corpus is embedded once). No run reads a relevance label for training; gold "
          "passages and qrels are read only to evaluate. Runs are listed in the order they were added; each is one "
          "round (fid-kd's loop with one iteration) unless its section shows rounds. A section that names its CPU "
          "was measured there."), ""]
     for r in res.get("runs", {}).values():
         lines += _run_section(r)
+    if res.get("not_run"):
+        lines += ["## Runs defined but not measured", "",
+                  *[f"- `{key}`: {why}" for key, why in res["not_run"].items()], ""]
     lines += ["## Command", "", "```", res["command"], "```"]
     return "\n".join(lines)
 
