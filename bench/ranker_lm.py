@@ -37,31 +37,45 @@ STEPS = 250  # 4 lists of 10 a step: one pass over the 1,000 lists
 LM_QUESTIONS = 200
 ANSWER_RANKER = WORK_DIR / "runs" / "ce-answers"  # bench/ranker_answers.py's run (its final/ is the second start)
 # metrics key -> (run directory, start model or None for the config's MiniLM)
-STUDENTS = {"ranker": ("ce-lm-ql-1k", None), "ranker_from_answers": ("ce-answers-lm-ql-1k", ANSWER_RANKER / "final")}
+GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"  # written by the gemma3 packages (bench/lm_teacher.py)
+# The teacher LM -> its fid-kd run (lm_distill.py's squad_ql / squad_ql_gemma), its label, and the students: metrics
+# key -> (run directory, start model or None for the config's MiniLM). Gemma teaches only the answer-trained
+# start: from MiniLM's fresh head SmolLM2's scores gave a ranker below BM25 (ranker_lm.md).
+LMS = {
+    "smollm2": {"dir": "fid-kd-smollm2-ql-1k", "sets": [], "label": "SmolLM2",
+                "model": "SmolLM2-135M-Instruct (packaged GGUF, bf16 where native)",
+                "students": {"ranker": ("ce-lm-ql-1k", None),
+                             "ranker_from_answers": ("ce-answers-lm-ql-1k", ANSWER_RANKER / "final")}},
+    "gemma": {"dir": "fid-kd-gemma-ql-1k", "sets": [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false"],
+              "label": "Gemma-3-270M", "model": "Gemma-3-270M (base, Q4_K_M GGUF, plain prompts, bf16 where native)",
+              "students": {"ranker_from_answers": ("ce-answers-gemma-ql-1k", ANSWER_RANKER / "final")}},
+}
 KEYS = ("Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", default="ranker_lm")
+    p.add_argument("--lm", choices=sorted(LMS), default="smollm2", help="the teacher LM (gemma: its GGUF at "
+                   f"{GEMMA.relative_to(REPO)}, see bench/lm_teacher.py)")
+    p.add_argument("--name", default=None, help="results name (default ranker_lm, or ranker_lm_LM for another LM)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--note", help="a line under the wall times")
     return p.parse_args(argv)
 
 
-def teacher_config(out: Path):
+def teacher_config(out: Path, lm: dict):
     from distillir.recipes import get_recipe
     from distillir.training.config import load_config
 
     recipe = get_recipe("fid-kd")
     return recipe, load_config(recipe.Config, REPO / TEACHER_CONFIG,
-                               [f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", *TEACHER_SETS])
+                               [f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", *TEACHER_SETS, *lm["sets"]])
 
 
-def teacher_run(out: Path) -> dict:
+def teacher_run(out: Path, lm: dict) -> dict:
     if (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("complete"):
         return json.loads((out / "results.json").read_text())
-    recipe, config = teacher_config(out)
+    recipe, config = teacher_config(out, lm)
     return recipe().run(config)
 
 
@@ -109,23 +123,23 @@ def reranked(ranker_dir: Path, ev, ds, bm25):
     return Run.read_trec(path)
 
 
-def lm_reranked(ranker_dir: Path, lm_out: Path, ds, bm25, first):
+def lm_reranked(ranker_dir: Path, lm_out: Path, lm: dict, ds, bm25, first):
     from distillir.data.run import Run
 
     path = ranker_dir / "eval_lm_reranked.trec"
     if not path.is_file():
-        lm_rerank(bm25, ds, first, lm_out).write_trec(path, tag="lm")
+        lm_rerank(bm25, ds, first, lm_out, lm).write_trec(path, tag="lm")
     return Run.read_trec(path)
 
 
-def lm_rerank(bm25, ds, qids, lm_out: Path):
+def lm_rerank(bm25, ds, qids, lm_out: Path, lm: dict):
     """The teacher LM (question likelihood, the teacher run's reader settings) re-ranking BM25's lists of `qids`."""
     from distillir.data.run import Run
     from distillir.readers.fid_data import examples_from_run
     from distillir.recipes.common.reading import build_lm_reader
     from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
 
-    _, config = teacher_config(lm_out)
+    _, config = teacher_config(lm_out, lm)
     reader = build_lm_reader(config.reader, config.teacher.aggregation)
     sub = Run({q: bm25[q] for q in qids}, name="bm25")
     examples = [ex for ex in examples_from_run(sub, ds.queries, ds.corpus) if ex["ctxs"]]
@@ -142,18 +156,18 @@ def hits(run, ds, qids, k: int) -> dict:
     return {q: float(any(matcher.hits(answers[q], [p for p, _ in run.get(q, [])[:k]]))) for q in qids}
 
 
-def measure() -> dict:
+def measure(lm: dict) -> dict:
     from lm_distill import teacher_knowledge
 
     from distillir.evaluation import evaluate_run
 
-    lm_out = WORK_DIR / "runs" / "fid-kd-smollm2-ql-1k"
-    teacher = teacher_run(lm_out)
+    lm_out = WORK_DIR / "runs" / lm["dir"]
+    teacher = teacher_run(lm_out, lm)
     scores = lm_out / "round-1" / "teacher" / "scores.jsonl"
     ev, ds, bm25 = eval_setup()
     everyone, first = list(ds.queries.ids), ds.queries.ids[:LM_QUESTIONS]
     runs, trained = {"BM25": bm25}, {}
-    for key, (name, start) in STUDENTS.items():
+    for key, (name, start) in lm["students"].items():
         if start is not None and not start.is_dir():
             print(f"skipped {key}: its start {start} is missing (run bench/ranker_answers.py)")
             continue
@@ -161,7 +175,7 @@ def measure() -> dict:
         runs[key] = reranked(WORK_DIR / "runs" / name, ev, ds, bm25)
     if ANSWER_RANKER.joinpath("final").is_dir():  # the second student's start, as it is
         runs["answer ranker"] = reranked(ANSWER_RANKER, ev, ds, bm25)
-    runs["LM"] = lm_reranked(WORK_DIR / "runs" / STUDENTS["ranker"][0], lm_out, ds, bm25, first)
+    runs["LM"] = lm_reranked(WORK_DIR / "runs" / next(iter(lm["students"].values()))[0], lm_out, lm, ds, bm25, first)
     sub = ds.queries.subset(first)
     metrics = {name: evaluate_run(run, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)
                for name, run in runs.items() if name != "LM"}
@@ -177,36 +191,43 @@ def measure() -> dict:
     if "ranker_from_answers" in trained and "answer ranker" in runs:
         comparisons += [("ranker_from_answers", "answer ranker", everyone)]
     comparisons += [("LM", key, first) for key in trained]
-    _, config = teacher_config(lm_out)
+    _, config = teacher_config(lm_out, lm)
     r1 = teacher["rounds"][0]
     return {"metrics": metrics, "on_first": on_first,
             "paired": [{"first": b, "second": a, **paired(b, a, qids)} for a, b, qids in comparisons],
             "questions": len(everyone), "lm_questions": len(first), "teacher_knowledge": teacher_knowledge(config, lm_out),
-            "teacher": {"config": TEACHER_CONFIG, "sets": TEACHER_SETS, "questions": teacher["train_questions"],
+            "lm": {"label": lm["label"], "model": lm["model"]},
+            "teacher": {"config": TEACHER_CONFIG, "sets": [*TEACHER_SETS, *lm["sets"]],
+                        "questions": teacher["train_questions"],
                         "scoring_wall_s": (r1.get("teacher") or {}).get("wall_s")},
-            "rankers": {key: {"config": RANKER_CONFIG, "start": str(STUDENTS[key][1] or "all-MiniLM-L6-v2, fresh head"),
+            "rankers": {key: {"config": RANKER_CONFIG, "start": str(lm["students"][key][1] or "all-MiniLM-L6-v2, fresh head"),
                               "steps": t["train"]["global_step"], "lists": t["teacher"]["lists"],
                               "train_wall_s": t["train"].get("elapsed"), "loss": t["train"].get("loss")}
                         for key, t in trained.items()}}
 
 
 def main(argv=None) -> None:
-    from ranker_lm_report import SYSTEMS, markdown
+    from ranker_lm_report import markdown, systems
 
     args = parse_args(argv)
-    path = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    name = args.name or ("ranker_lm" if args.lm == "smollm2" else f"ranker_lm_{args.lm}")
+    path = Path(__file__).resolve().parent / "results" / f"{name}.json"
     if args.render_only:
         data = json.loads(path.read_text())
     else:
-        measured = measure()
-        data = {"benchmark": args.name, "environment": environment(), "command": command_line(), "note": args.note,
+        if args.lm == "gemma" and not GEMMA.is_file():
+            raise SystemExit(f"{GEMMA} is missing: write it as bench/lm_teacher.py's docstring says")
+        measured = measure(LMS[args.lm])
+        data = {"benchmark": name, "environment": environment(), "command": command_line(), "note": args.note,
                 **measured}
+        named = systems(data)
         split = f"dev ({data['questions']:,} seeded)"
-        data["summary"] = [summary_row(SYSTEMS[key], "squad-open", split, False, data["metrics"][key], KEYS)
-                           for key in SYSTEMS if key in data["metrics"]] + [
-                           summary_row("SmolLM2 question likelihood re-ranking BM25's top 20 (the teacher)", "squad-open",
-                                       f"dev (first {data['lm_questions']} of them)", False, data["on_first"]["LM"], KEYS)]
-    write_results(args.name, data, markdown(data))
+        data["summary"] = [summary_row(named[key], "squad-open", split, False, data["metrics"][key], KEYS)
+                           for key in named if key in data["metrics"]] + [
+                           summary_row(f"{data['lm']['label']} question likelihood re-ranking BM25's top 20 (the "
+                                       "teacher)", "squad-open", f"dev (first {data['lm_questions']} of them)", False,
+                                       data["on_first"]["LM"], KEYS)]
+    write_results(name, data, markdown(data))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 KEYS = ("Top-1", "Top-5", "Top-20", "MRR@10", "nDCG@10")
-SYSTEMS = {  # metrics key -> the system as the tables name it
-    "BM25": "BM25 (k1 0.9, b 0.4)",
-    "answer ranker": "answer-trained cross-encoder (bench/ranker_answers.py), re-ranking BM25's top 20",
-    "ranker": "cross-encoder learning SmolLM2's question likelihood from MiniLM, re-ranking BM25's top 20",
-    "ranker_from_answers": "the answer-trained cross-encoder then learning SmolLM2's question likelihood",
-    "LM": "SmolLM2 question likelihood (teacher)",
-}
+
+
+def systems(data: dict) -> dict:
+    """metrics key -> the system as the tables name it (the teacher LM named as the run records it)."""
+    lm = (data.get("lm") or {}).get("label", "SmolLM2")  # results before --lm were SmolLM2's
+    return {
+        "BM25": "BM25 (k1 0.9, b 0.4)",
+        "answer ranker": "answer-trained cross-encoder (bench/ranker_answers.py), re-ranking BM25's top 20",
+        "ranker": f"cross-encoder learning {lm}'s question likelihood from MiniLM, re-ranking BM25's top 20",
+        "ranker_from_answers": f"the answer-trained cross-encoder then learning {lm}'s question likelihood",
+        "LM": f"{lm} question likelihood (teacher)",
+    }
 
 
 def _diff(v: dict) -> str:
@@ -48,7 +53,7 @@ def reading(data: dict) -> str:
                         f"{_diff(p['Top-1'])}).")
     best = max((key for key in ("ranker", "ranker_from_answers", "answer ranker") if key in m),
                key=lambda key: m[key]["Top-1"])
-    text.append(f"Targets (issue 14): Top-1 >= 0.85 for a ranker: the best here, {SYSTEMS[best].split(',')[0]}, "
+    text.append(f"Targets (issue 14): Top-1 >= 0.85 for a ranker: the best here, {systems(data)[best].split(',')[0]}, "
                 + ("meets it." if m[best]["Top-1"] >= 0.85 else f"is {0.85 - m[best]['Top-1']:.3f} short."))
     return " ".join(text)
 
@@ -56,11 +61,12 @@ def reading(data: dict) -> str:
 def markdown(data: dict) -> str:
     from distillir.evaluation.report import format_table
 
-    env, t = data["environment"], data["teacher"]
-    rows = [{"system": SYSTEMS[key], **{k: data["metrics"][key].get(k) for k in KEYS}}
-            for key in SYSTEMS if key in data["metrics"]]
-    first = [{"system": SYSTEMS[key].split(", re-ranking")[0], **{k: data["on_first"][key].get(k) for k in KEYS}}
-             for key in SYSTEMS if key in data["on_first"]]
+    env, t, named = data["environment"], data["teacher"], systems(data)
+    lm = (data.get("lm") or {}).get("model", "SmolLM2-135M-Instruct (packaged GGUF, bf16 where native)")
+    rows = [{"system": named[key], **{k: data["metrics"][key].get(k) for k in KEYS}}
+            for key in named if key in data["metrics"]]
+    first = [{"system": named[key].split(", re-ranking")[0], **{k: data["on_first"][key].get(k) for k in KEYS}}
+             for key in named if key in data["on_first"]]
     k = data["teacher_knowledge"]
     know = [{"lists": f"{label} ({k[part]['lists']})", **{name: f"{k[part][o + ' hit@1']:.3f} / {k[part][o + ' MRR']:.3f}"
                                                          for o, name in (("teacher", "teacher"), ("BM25", "BM25"),
@@ -73,10 +79,10 @@ def markdown(data: dict) -> str:
     students = "; ".join(f"`{key}` from {r['start']}, {r['steps']} steps" for key, r in data["rankers"].items())
     walls = ", ".join(f"{key} training {minutes(r.get('train_wall_s'))}" for key, r in data["rankers"].items())
     return "\n".join([
-        "# A cross-encoder that learns a causal LM's scores, re-ranking BM25 (squad-open)", "",
+        (f"# A cross-encoder that learns a causal LM's scores ({(data.get('lm') or {}).get('label', 'SmolLM2')}), "
+         "re-ranking BM25 (squad-open)"), "",
         (f"Run {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
-         f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. Teacher: SmolLM2-135M-Instruct (packaged GGUF, "
-         f"bf16 where native) scoring log p(question | passage) over the lists of {t['questions']:,} seeded training "
+         f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. Teacher: {lm} scoring log p(question | passage) over the lists of {t['questions']:,} seeded training "
          f"questions (MiniLM's top 10 merged with BM25's, the first 10 in RRF order; `{t['config']}` with "
          f"`{' '.join(t['sets'])}`). Students (`{next(iter(data['rankers'].values()))['config']}`'s schedule), "
          f"learning the teacher's z-scored scores (x5) by KL over each list (`teacher.scores`), 4 lists of 10 a "
