@@ -14,6 +14,7 @@ What the teacher knows on its training lists comes from lm_distill.py's measure 
 
     .venv/bin/python bench/ranker_lm.py            # resumable: finished runs are read
     .venv/bin/python bench/ranker_lm.py --render-only
+    .venv/bin/python bench/ranker_lm.py --lm gemma --eval-questions 2000   # Gemma-3-270M teaching (ranker_lm_gemma)
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--lm", choices=sorted(LMS), default="smollm2", help="the teacher LM (gemma: its GGUF at "
                    f"{GEMMA.relative_to(REPO)}, see bench/lm_teacher.py)")
     p.add_argument("--name", default=None, help="results name (default ranker_lm, or ranker_lm_LM for another LM)")
+    p.add_argument("--eval-questions", type=int, default=None,
+                   help="seeded dev questions to re-rank (default: the ranker config's 1,000)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--note", help="a line under the wall times")
     return p.parse_args(argv)
@@ -96,8 +99,9 @@ def ranker_run(out: Path, scores: Path, start: Path | None = None) -> dict:
     return results
 
 
-def eval_setup():
-    """The eval questions (the ranker config's eval split) and BM25's top 20 of them."""
+def eval_setup(questions: int | None = None):
+    """The eval questions (the ranker config's eval split; `questions` of them, seeded, instead of the config's
+    number) and BM25's top 20 of them."""
     from distillir.data.datasets import load_dataset
     from distillir.recipes import get_recipe
     from distillir.retrievers.bm25 import bm25_cached
@@ -105,8 +109,14 @@ def eval_setup():
 
     cfg = load_config(get_recipe("cross-encoder").Config, REPO / RANKER_CONFIG)
     ev = cfg.eval
-    ds = load_dataset(ev.dataset, ev.split, max_queries=ev.max_queries, seed=cfg.seed)
+    ds = load_dataset(ev.dataset, ev.split, max_queries=questions or ev.max_queries, seed=cfg.seed)
     return ev, ds, bm25_cached(ds.corpus).search(ds.queries, top_k=ev.top_k)
+
+
+def _cached(ranker_dir: Path, stem: str, ds) -> Path:
+    """A re-ranking's TREC file beside the run, named by its question count unless it is the config's 1,000."""
+    n = len(ds.queries)
+    return ranker_dir / (f"{stem}.trec" if n == 1000 else f"{stem}_{n}.trec")
 
 
 def reranked(ranker_dir: Path, ev, ds, bm25):
@@ -115,7 +125,7 @@ def reranked(ranker_dir: Path, ev, ds, bm25):
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.recipes.common.ranking import rerank_run
 
-    path = ranker_dir / "eval_reranked.trec"
+    path = _cached(ranker_dir, "eval_reranked", ds)
     if not path.is_file():
         ranker = CrossEncoder.from_pretrained(ranker_dir / "final")
         ranker.with_inference_dtype(ev.dtype)
@@ -126,7 +136,7 @@ def reranked(ranker_dir: Path, ev, ds, bm25):
 def lm_reranked(ranker_dir: Path, lm_out: Path, lm: dict, ds, bm25, first):
     from distillir.data.run import Run
 
-    path = ranker_dir / "eval_lm_reranked.trec"
+    path = _cached(ranker_dir, "eval_lm_reranked", ds)
     if not path.is_file():
         lm_rerank(bm25, ds, first, lm_out, lm).write_trec(path, tag="lm")
     return Run.read_trec(path)
@@ -156,7 +166,7 @@ def hits(run, ds, qids, k: int) -> dict:
     return {q: float(any(matcher.hits(answers[q], [p for p, _ in run.get(q, [])[:k]]))) for q in qids}
 
 
-def measure(lm: dict) -> dict:
+def measure(lm: dict, questions: int | None = None) -> dict:
     from lm_distill import teacher_knowledge
 
     from distillir.evaluation import evaluate_run
@@ -164,7 +174,7 @@ def measure(lm: dict) -> dict:
     lm_out = WORK_DIR / "runs" / lm["dir"]
     teacher = teacher_run(lm_out, lm)
     scores = lm_out / "round-1" / "teacher" / "scores.jsonl"
-    ev, ds, bm25 = eval_setup()
+    ev, ds, bm25 = eval_setup(questions)
     everyone, first = list(ds.queries.ids), ds.queries.ids[:LM_QUESTIONS]
     runs, trained = {"BM25": bm25}, {}
     for key, (name, start) in lm["students"].items():
@@ -217,7 +227,7 @@ def main(argv=None) -> None:
     else:
         if args.lm == "gemma" and not GEMMA.is_file():
             raise SystemExit(f"{GEMMA} is missing: write it as bench/lm_teacher.py's docstring says")
-        measured = measure(LMS[args.lm])
+        measured = measure(LMS[args.lm], args.eval_questions)
         data = {"benchmark": name, "environment": environment(), "command": command_line(), "note": args.note,
                 **measured}
         named = systems(data)
