@@ -15,6 +15,7 @@ What the teacher knows on its training lists comes from lm_distill.py's measure 
     .venv/bin/python bench/ranker_lm.py            # resumable: finished runs are read
     .venv/bin/python bench/ranker_lm.py --render-only
     .venv/bin/python bench/ranker_lm.py --lm gemma --eval-questions 2000   # Gemma-3-270M teaching (ranker_lm_gemma)
+    .venv/bin/python bench/ranker_lm.py --lm gemma --eval-questions 2000 --steps 500   # two passes (ranker_lm_gemma_500)
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--name", default=None, help="results name (default ranker_lm, or ranker_lm_LM for another LM)")
     p.add_argument("--eval-questions", type=int, default=None,
                    help="seeded dev questions to re-rank (default: the ranker config's 1,000)")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"the students' steps (default {STEPS}: one pass; "
+                   "another number trains in run directories of their own, results NAME_STEPS)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--note", help="a line under the wall times")
     return p.parse_args(argv)
@@ -82,7 +85,7 @@ def teacher_run(out: Path, lm: dict) -> dict:
     return recipe().run(config)
 
 
-def ranker_run(out: Path, scores: Path, start: Path | None = None) -> dict:
+def ranker_run(out: Path, scores: Path, start: Path | None = None, steps: int = STEPS) -> dict:
     from distillir.recipes import get_recipe
     from distillir.training.config import load_config
 
@@ -91,7 +94,7 @@ def ranker_run(out: Path, scores: Path, start: Path | None = None) -> dict:
     recipe = get_recipe("cross-encoder")
     config = load_config(recipe.Config, REPO / RANKER_CONFIG, [
         f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", f"teacher.scores={scores}",
-        "data.max_train_queries=null", "list_size=10", f"trainer.max_steps={STEPS}", "trainer.save_steps=25",
+        "data.max_train_queries=null", "list_size=10", f"trainer.max_steps={steps}", "trainer.save_steps=25",
         "eval=null", *([f"model={start}"] if start else [])])  # evaluated below, once, keeping the per-question runs
     started = time.time()
     results = recipe().run(config)
@@ -166,7 +169,7 @@ def hits(run, ds, qids, k: int) -> dict:
     return {q: float(any(matcher.hits(answers[q], [p for p, _ in run.get(q, [])[:k]]))) for q in qids}
 
 
-def measure(lm: dict, questions: int | None = None) -> dict:
+def measure(lm: dict, questions: int | None = None, steps: int = STEPS) -> dict:
     from lm_distill import teacher_knowledge
 
     from distillir.evaluation import evaluate_run
@@ -181,10 +184,12 @@ def measure(lm: dict, questions: int | None = None) -> dict:
         if start is not None and not start.is_dir():
             print(f"skipped {key}: its start {start} is missing (run bench/ranker_answers.py)")
             continue
-        trained[key] = ranker_run(WORK_DIR / "runs" / name, scores, start)
+        name = name if steps == STEPS else f"{name}-{steps}"  # another schedule: its own run directory
+        trained[key] = ranker_run(WORK_DIR / "runs" / name, scores, start, steps)
         runs[key] = reranked(WORK_DIR / "runs" / name, ev, ds, bm25)
     if ANSWER_RANKER.joinpath("final").is_dir():  # the second student's start, as it is
         runs["answer ranker"] = reranked(ANSWER_RANKER, ev, ds, bm25)
+    # The LM's re-ranking does not depend on the students' schedule: kept beside the first student's default run.
     runs["LM"] = lm_reranked(WORK_DIR / "runs" / next(iter(lm["students"].values()))[0], lm_out, lm, ds, bm25, first)
     sub = ds.queries.subset(first)
     metrics = {name: evaluate_run(run, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)
@@ -221,13 +226,14 @@ def main(argv=None) -> None:
 
     args = parse_args(argv)
     name = args.name or ("ranker_lm" if args.lm == "smollm2" else f"ranker_lm_{args.lm}")
+    name += "" if args.name or args.steps == STEPS else f"_{args.steps}"
     path = Path(__file__).resolve().parent / "results" / f"{name}.json"
     if args.render_only:
         data = json.loads(path.read_text())
     else:
         if args.lm == "gemma" and not GEMMA.is_file():
             raise SystemExit(f"{GEMMA} is missing: write it as bench/lm_teacher.py's docstring says")
-        measured = measure(LMS[args.lm], args.eval_questions)
+        measured = measure(LMS[args.lm], args.eval_questions, args.steps)
         data = {"benchmark": name, "environment": environment(), "command": command_line(), "note": args.note,
                 **measured}
         named = systems(data)

@@ -76,11 +76,12 @@ def markdown(data: dict) -> str:
                "± (95%)": v["half_width"], "better": v["better"], "worse": v["worse"]}
               for p in data["paired"] for m, v in p.items() if m.startswith("Top-")]
     minutes = (lambda s: f"{s / 60:.0f} min" if isinstance(s, (int, float)) else "?")
+    steps = next(iter(data["rankers"].values()))["steps"]  # one schedule per result (bench/ranker_lm.py --steps)
     students = "; ".join(f"`{key}` from {r['start']}, {r['steps']} steps" for key, r in data["rankers"].items())
     walls = ", ".join(f"{key} training {minutes(r.get('train_wall_s'))}" for key, r in data["rankers"].items())
     return "\n".join([
-        (f"# A cross-encoder that learns a causal LM's scores ({(data.get('lm') or {}).get('label', 'SmolLM2')}), "
-         "re-ranking BM25 (squad-open)"), "",
+        (f"# A cross-encoder that learns a causal LM's scores ({(data.get('lm') or {}).get('label', 'SmolLM2')}"
+         f"{'' if steps == 250 else f', {steps} steps'}), re-ranking BM25 (squad-open)"), "",
         (f"Run {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
          f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. Teacher: {lm} scoring log p(question | passage) over the lists of {t['questions']:,} seeded training "
          f"questions (MiniLM's top 10 merged with BM25's, the first 10 in RRF order; `{t['config']}` with "
