@@ -132,6 +132,12 @@ def paired_difference(first: dict, second: dict) -> dict:
             "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
+# Gemma-3-270M (base): the GGUF the gemma3 packages write (bench/lm_teacher.py's docstring), and the overrides
+# that make a shipped SmolLM2 config read with it (a base model: plain prompts, no chat template).
+GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"
+GEMMA_SETS = [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false"]
+
+
 def verdict(diff: dict) -> str:
     """A paired_difference's reading: "held" (interval above 0), "reversed" (below 0) or "not shown"."""
     if diff["mean_diff"] - diff["half_width"] > 0:

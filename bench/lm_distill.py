@@ -32,12 +32,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+from _common import (
+    GEMMA,
+    GEMMA_SETS,
+    WORK_DIR,
+    command_line,
+    environment,
+    paired_difference,
+    summary_row,
+    write_results,
+)
 from lm_distill_report import markdown, summary
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = "configs/fid-kd-smollm2-squad-cpu.yaml"
-GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"  # written by the gemma3 packages (bench/lm_teacher.py)
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
@@ -69,12 +77,11 @@ RUNS = {
     # no chat template), the same claims, lists, prompt and student. The GGUF is written by the gemma3 packages
     # (see bench/lm_teacher.py's docstring) to GEMMA.
     "scifact_ql_gemma": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact",
-                         "sets": [f"reader.model={GEMMA}",
-                                  "reader.lm.prompts.chat=false"],
+                         "sets": [*GEMMA_SETS],
                          "system": "MiniLM distilled from Gemma-3-270M claim likelihood (claims only)",
                          "needs": GEMMA},
     "scifact_ql_gemma_2r": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact-2r",
-                            "sets": [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false", "rounds=2"],
+                            "sets": [*GEMMA_SETS, "rounds=2"],
                             "system": "MiniLM distilled from Gemma-3-270M claim likelihood, 2 rounds (claims only)",
                             "needs": GEMMA},
     # Gemma's scores as they are, into both towers (train_passages: the corpus re-embedded by the trained tower
@@ -94,8 +101,7 @@ RUNS = {
                                       "micro-batches it ran out of 24 GB), so the config's 91 steps would take about "
                                       "3.5 hours, against 0.6 min for the query tower alone. Not measured."},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
-                       "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", f"reader.model={GEMMA}",
-                                "reader.lm.prompts.chat=false"],
+                       "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
                        "needs": GEMMA},
 }

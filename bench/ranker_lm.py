@@ -28,7 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+from _common import (
+    GEMMA,
+    GEMMA_SETS,
+    WORK_DIR,
+    command_line,
+    environment,
+    paired_difference,
+    summary_row,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = "configs/fid-kd-smollm2-squad-cpu.yaml"
@@ -39,7 +48,6 @@ STEPS = 250  # 4 lists of 10 a step: one pass over the 1,000 lists
 LM_QUESTIONS = 200
 ANSWER_RANKER = WORK_DIR / "runs" / "ce-answers"  # bench/ranker_answers.py's run (its final/ is the second start)
 # metrics key -> (run directory, start model or None for the config's MiniLM)
-GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"  # written by the gemma3 packages (bench/lm_teacher.py)
 # The teacher LM -> its fid-kd run (lm_distill.py's squad_ql / squad_ql_gemma), its label, and the students: metrics
 # key -> (run directory, start model or None for the config's MiniLM). Gemma teaches only the answer-trained
 # start: from MiniLM's fresh head SmolLM2's scores gave a ranker below BM25 (ranker_lm.md).
@@ -48,7 +56,7 @@ LMS = {
                 "model": "SmolLM2-135M-Instruct (packaged GGUF, bf16 where native)",
                 "students": {"ranker": ("ce-lm-ql-1k", None),
                              "ranker_from_answers": ("ce-answers-lm-ql-1k", ANSWER_RANKER / "final")}},
-    "gemma": {"dir": "fid-kd-gemma-ql-1k", "sets": [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false"],
+    "gemma": {"dir": "fid-kd-gemma-ql-1k", "sets": [*GEMMA_SETS],
               "label": "Gemma-3-270M", "model": "Gemma-3-270M (base, Q4_K_M GGUF, plain prompts, bf16 where native)",
               "students": {"ranker_from_answers": ("ce-answers-gemma-ql-1k", ANSWER_RANKER / "final")}},
 }
@@ -66,7 +74,11 @@ def parse_args(argv=None):
                    "another number trains in run directories of their own, results NAME_STEPS)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--note", help="a line under the wall times")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value in (("--eval-questions", args.eval_questions), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be a positive number, got {value}")
+    return args
 
 
 def teacher_config(out: Path, lm: dict):

@@ -66,8 +66,14 @@ class TrainConfig:
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ConfigError(f"save_total_limit must be at least 1 (or null to keep all), got {self.save_total_limit}")
         check_max_grad_norm(self.max_grad_norm)
-        if self.training_seed is not None and not 0 <= self.training_seed < 2**32:  # numpy's seed range
-            raise ConfigError(f"training_seed must be in [0, 2**32) (or null: the run's seed), got {self.training_seed}")
+        if self.training_seed is not None:
+            check_seed("training_seed", self.training_seed, " (or null: the run's seed)")
+
+
+def check_seed(name: str, seed: int, alternative: str = "") -> None:
+    """A seed in numpy's range [0, 2**32), or a ConfigError naming the field."""
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"{name} must be in [0, 2**32){alternative}, got {seed}")
 
 
 def check_max_grad_norm(max_grad_norm: float | None) -> None:
@@ -91,4 +97,4 @@ class TrainingArguments(TrainConfig):
         return cls(**values, output_dir=output_dir, seed=seed, resume=resume)
 
 
-__all__ = ["MixedPrecision", "TrainConfig", "TrainingArguments", "check_max_grad_norm"]
+__all__ = ["MixedPrecision", "TrainConfig", "TrainingArguments", "check_max_grad_norm", "check_seed"]

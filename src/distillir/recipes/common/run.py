@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from distillir.errors import ConfigError
+from distillir.training.arguments import check_seed
 from distillir.training.config import CONFIG_FILE, config_diff, config_to_dict, load_config, save_config
 from distillir.training.state import process_state
 from distillir.utils.io import write_json
@@ -74,8 +75,7 @@ class Recipe(ABC):
         """The preamble of every run: the process check, the run directory (`prepare_output_dir`), the seed."""
         if self.single_process and process_state().num_processes > 1:
             raise ConfigError(f"{self.name} runs in a single process (one GPU or the CPU); launch it without torchrun")
-        if not 0 <= config.seed < 2**32:  # numpy's seed range; refused before the run directory is written
-            raise ConfigError(f"seed must be in [0, 2**32), got {config.seed}")
+        check_seed("seed", config.seed)  # before the run directory is written
         out = self.prepare_output_dir(config)
         seed_everything(config.seed)
         return out
