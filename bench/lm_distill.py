@@ -156,11 +156,12 @@ def per_query(run, ds, metric: str) -> dict[str, float]:
     return {q: v[metric] for q, v in scored.items()}
 
 
-def teacher_knowledge(config, out: Path, k: int = 1) -> dict:
+def teacher_knowledge(config, out: Path, k: int = 1, extra_orders: dict | None = None) -> dict:
     """On the round's training lists: how often the first passage is relevant (an answer string; SciFact: the
     train qrels, read here to measure only) under the teacher's order, BM25's and MiniLM's (each retriever's
     own ranks first, then the list's order), and the reciprocal rank of the first relevant one; over all lists
-    with a relevant passage, and over those where BM25's first is not."""
+    with a relevant passage, and over those where BM25's first is not. `extra_orders`: more orders by name,
+    {qid: the list's pids in that order} (e.g. a ranker's), tallied the same way."""
     from distillir.data.answers import AnswerMatcher
     from distillir.data.datasets import load_dataset
     from distillir.readers.fid_data import load_fid_examples
@@ -179,7 +180,8 @@ def teacher_knowledge(config, out: Path, k: int = 1) -> dict:
                                            dtype=config.encode.dtype, cache=True).search(queries, top_k=n)}
     matcher = AnswerMatcher(ds.corpus) if queries.has_answers else None
     judged = {q: {p for p, r in rels.items() if r > 0} for q, rels in (ds.qrels or {}).items()}
-    orders = ("teacher", "BM25", "MiniLM", "list")
+    extra_orders = extra_orders or {}
+    orders = ("teacher", "BM25", "MiniLM", "list", *extra_orders)
     tallies = {part: {o: [0, 0.0] for o in orders} | {"lists": 0} for part in ("all", "bm25_first_wrong")}
     for ex in lists:
         qid = str(ex["id"])
@@ -194,6 +196,9 @@ def teacher_knowledge(config, out: Path, k: int = 1) -> dict:
         by = {"teacher": [p for _, p in sorted(zip(svalues, spids), key=lambda x: -x[0])], "list": pids}
         for name, run in runs.items():
             rank = {p: i for i, (p, _) in enumerate(run.get(qid, []))}
+            by[name] = sorted(pids, key=lambda p: (rank.get(p, n), pids.index(p)))
+        for name, order in extra_orders.items():
+            rank = {p: i for i, p in enumerate(order.get(qid, []))}
             by[name] = sorted(pids, key=lambda p: (rank.get(p, n), pids.index(p)))
         parts = ["all"] + (["bm25_first_wrong"] if by["BM25"][0] not in relevant else [])
         for part in parts:

@@ -128,10 +128,10 @@ def eval_setup(questions: int | None = None):
     return ev, ds, bm25_cached(ds.corpus).search(ds.queries, top_k=ev.top_k)
 
 
-def _cached(ranker_dir: Path, stem: str, ds) -> Path:
-    """A re-ranking's TREC file beside the run, named by its question count unless it is the config's 1,000."""
+def _cached(ranker_dir: Path, stem: str, ds, ev) -> Path:
+    """A re-ranking's TREC file beside the run, named by its question count unless it is the config's number."""
     n = len(ds.queries)
-    return ranker_dir / (f"{stem}.trec" if n == 1000 else f"{stem}_{n}.trec")
+    return ranker_dir / (f"{stem}.trec" if n == ev.max_queries else f"{stem}_{n}.trec")
 
 
 def reranked(ranker_dir: Path, ev, ds, bm25):
@@ -140,7 +140,7 @@ def reranked(ranker_dir: Path, ev, ds, bm25):
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.recipes.common.ranking import rerank_run
 
-    path = _cached(ranker_dir, "eval_reranked", ds)
+    path = _cached(ranker_dir, "eval_reranked", ds, ev)
     if not path.is_file():
         ranker = CrossEncoder.from_pretrained(ranker_dir / "final")
         ranker.with_inference_dtype(ev.dtype)
@@ -148,10 +148,10 @@ def reranked(ranker_dir: Path, ev, ds, bm25):
     return Run.read_trec(path)
 
 
-def lm_reranked(ranker_dir: Path, lm_out: Path, lm: dict, ds, bm25, first):
+def lm_reranked(ranker_dir: Path, lm_out: Path, lm: dict, ev, ds, bm25, first):
     from distillir.data.run import Run
 
-    path = _cached(ranker_dir, "eval_lm_reranked", ds)
+    path = _cached(ranker_dir, "eval_lm_reranked", ds, ev)
     if not path.is_file():
         lm_rerank(bm25, ds, first, lm_out, lm).write_trec(path, tag="lm")
     return Run.read_trec(path)
@@ -202,7 +202,8 @@ def measure(lm: dict, questions: int | None = None, steps: int = STEPS) -> dict:
     if ANSWER_RANKER.joinpath("final").is_dir():  # the second student's start, as it is
         runs["answer ranker"] = reranked(ANSWER_RANKER, ev, ds, bm25)
     # The LM's re-ranking does not depend on the students' schedule: kept beside the first student's default run.
-    runs["LM"] = lm_reranked(WORK_DIR / "runs" / next(iter(lm["students"].values()))[0], lm_out, lm, ds, bm25, first)
+    runs["LM"] = lm_reranked(WORK_DIR / "runs" / next(iter(lm["students"].values()))[0], lm_out, lm, ev, ds, bm25,
+                             first)
     sub = ds.queries.subset(first)
     metrics = {name: evaluate_run(run, qrels=ds.qrels, queries=ds.queries, corpus=ds.corpus)
                for name, run in runs.items() if name != "LM"}
