@@ -22,6 +22,7 @@ paper's claim (distilled beats plain), for each variant against plain and for ea
     .venv/bin/python bench/dgr.py                 # runs what is missing (finished runs are read; resumable)
     .venv/bin/python bench/dgr.py --partial       # render the finished runs only
     .venv/bin/python bench/dgr.py --teacher lm    # only the LM teacher's runs (then render what is finished)
+    .venv/bin/python bench/dgr.py --render-only   # re-render bench/results/dgr.json
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK_DIR, command_line, environment, paired_difference, summary_row, verdict, write_results
+from _common import (
+    RESULTS_DIR,
+    WORK_DIR,
+    command_line,
+    environment,
+    paired_difference,
+    summary_row,
+    verdict,
+    write_results,
+)
 from dgr_teachers import LM_TEACHER_RUN, lm_teacher_file, lm_teacher_knowledge, teacher_knowledge, untrained_student
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--teacher", choices=sorted(TEACHERS), help="run only this teacher's variants (default: both)")
     p.add_argument("--name", default="dgr")
     p.add_argument("--partial", action="store_true", help="render from the finished runs only, run nothing")
+    p.add_argument("--render-only", action="store_true", help="re-render results/NAME.json (no run directory read)")
     p.add_argument("--note", help="a line under the wall times (e.g. what else ran on the cores)")
     return p.parse_args(argv)
 
@@ -240,6 +251,10 @@ def main(argv=None) -> None:
     import dgr_report
 
     args = parse_args(argv)
+    if args.render_only:
+        data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
+        write_results(args.name, data, dgr_report.render(data))
+        return
     res = measure(args)
     if not res:
         return
