@@ -150,6 +150,7 @@ def measure(passes: int, lm_claims: int) -> dict:
     from distillir.evaluation.metrics import evaluate_qrels
     from distillir.readers.fid_data import load_fid_examples
     from distillir.retrievers.bm25 import bm25_cached
+    from distillir.retrievers.hybrid import reciprocal_rank_fusion
 
     if not START.is_dir():
         raise SystemExit(f"{START} is missing: run bench/ranker_answers.py first (it trains the squad-open ranker)")
@@ -173,6 +174,9 @@ def measure(passes: int, lm_claims: int) -> dict:
     for key, (run, _) in full.items():
         runs[f"{key} top-20"] = head_reranked(run, bm25, 20)
         runs[f"{key} top-100"] = head_reranked(run, bm25, DEPTH)
+    for key in ("start", "student"):  # hybrids: RRF of BM25's order and the re-ranked one (no weight to tune)
+        for k in (20, DEPTH):
+            runs[f"RRF {key} top-{k}"] = reciprocal_rank_fusion([bm25, runs[f"{key} top-{k}"]])
     runs["LM top-20"] = head_reranked(lm_run, type(bm25)({q: bm25[q] for q in claims}), 20)
 
     def per_claim(run, qids):
@@ -187,7 +191,7 @@ def measure(passes: int, lm_claims: int) -> dict:
                      for name, run in runs.items()}
     per = {name: per_claim(run, judged if name != "LM top-20" else first) for name, run in runs.items()}
     comparisons = [(s, "BM25") for s in runs if s != "BM25" and s != "LM top-20"]
-    comparisons += [(f"student top-{k}", f"start top-{k}") for k in (20, DEPTH)]
+    comparisons += [(f"{rrf}student top-{k}", f"{rrf}start top-{k}") for rrf in ("", "RRF ") for k in (20, DEPTH)]
     comparisons += [("LM top-20", "BM25"), ("LM top-20", "student top-20")]
     paired = [{"second": a, "first": b, "claims": "first" if a.startswith("LM") else "all",
                **paired_difference({q: per[b][q] for q in per[a]}, per[a])} for a, b in comparisons]
