@@ -138,6 +138,21 @@ GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"
 GEMMA_SETS = [f"reader.model={GEMMA}", "reader.lm.prompts.chat=false"]
 
 
+def lm_rerank(config, run, ds):
+    """A fid-kd config's LM (its reader and prompt) scoring every (question, passage) of `run` by question
+    likelihood, as a Run; pairs are cached as scored, so a killed run resumes."""
+    from distillir.data.run import Run
+    from distillir.readers.fid_data import examples_from_run
+    from distillir.recipes.common.reading import build_lm_reader
+    from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
+
+    reader = build_lm_reader(config.reader, config.teacher.aggregation)
+    examples = [ex for ex in examples_from_run(run, ds.queries, ds.corpus) if ex["ctxs"]]
+    scores = lm_teacher_scores(reader, examples, "question_likelihood", batch_size=config.reader.batch_size,
+                               cache=default_cache(reader), progress="LM re-ranking")
+    return Run({q: list(zip(pids, vals)) for q, (pids, vals) in scores.items()}, name="lm")
+
+
 def verdict(diff: dict) -> str:
     """A paired_difference's reading: "held" (interval above 0), "reversed" (below 0) or "not shown"."""
     if diff["mean_diff"] - diff["half_width"] > 0:

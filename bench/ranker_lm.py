@@ -34,6 +34,7 @@ from _common import (
     WORK_DIR,
     command_line,
     environment,
+    lm_rerank,
     paired_difference,
     summary_row,
     write_results,
@@ -152,25 +153,10 @@ def lm_reranked(ranker_dir: Path, lm_out: Path, lm: dict, ev, ds, bm25, first):
     from distillir.data.run import Run
 
     path = _cached(ranker_dir, "eval_lm_reranked", ds, ev)
-    if not path.is_file():
-        lm_rerank(bm25, ds, first, lm_out, lm).write_trec(path, tag="lm")
+    if not path.is_file():  # the teacher LM, its run's reader settings, over BM25's lists of `first`
+        _, config = teacher_config(lm_out, lm)
+        lm_rerank(config, Run({q: bm25[q] for q in first}, name="bm25"), ds).write_trec(path, tag="lm")
     return Run.read_trec(path)
-
-
-def lm_rerank(bm25, ds, qids, lm_out: Path, lm: dict):
-    """The teacher LM (question likelihood, the teacher run's reader settings) re-ranking BM25's lists of `qids`."""
-    from distillir.data.run import Run
-    from distillir.readers.fid_data import examples_from_run
-    from distillir.recipes.common.reading import build_lm_reader
-    from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
-
-    _, config = teacher_config(lm_out, lm)
-    reader = build_lm_reader(config.reader, config.teacher.aggregation)
-    sub = Run({q: bm25[q] for q in qids}, name="bm25")
-    examples = [ex for ex in examples_from_run(sub, ds.queries, ds.corpus) if ex["ctxs"]]
-    scores = lm_teacher_scores(reader, examples, "question_likelihood", batch_size=config.reader.batch_size,
-                               cache=default_cache(reader), progress="LM re-ranking")
-    return Run({q: list(zip(pids, vals)) for q, (pids, vals) in scores.items()}, name="lm")
 
 
 def hits(run, ds, qids, k: int) -> dict:

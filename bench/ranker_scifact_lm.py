@@ -27,7 +27,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import GEMMA, WORK_DIR, command_line, environment, paired_difference, summary_row, write_results
+from _common import (
+    GEMMA,
+    WORK_DIR,
+    command_line,
+    environment,
+    lm_rerank,
+    paired_difference,
+    summary_row,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RANKER_CONFIG = "configs/cross-encoder-scifact-cpu.yaml"
@@ -62,7 +71,9 @@ def teacher():
     return run_or_read(spec), config, out
 
 
-def student(scores: Path, passes: int) -> dict:
+def student(scores: Path, passes: int) -> tuple[dict, Path]:
+    """The student's run (trained, resumed or read) and its directory (its model is DIR/final: the results'
+    own path may name a checkout that has moved)."""
     from distillir.recipes import get_recipe
     from distillir.teachers.scores import read_teacher_scores
     from distillir.training.config import load_config
@@ -71,12 +82,12 @@ def student(scores: Path, passes: int) -> dict:
     steps = passes * math.ceil(lists / 4)
     out = WORK_DIR / "runs" / f"ce-answers-gemma-scifact-{steps}"
     if (out / "results.json").is_file():
-        return json.loads((out / "results.json").read_text())
+        return json.loads((out / "results.json").read_text()), out
     recipe = get_recipe("cross-encoder")
     config = load_config(recipe.Config, REPO / RANKER_CONFIG, [
         f"output_dir={out}", f"resume={str(out.is_dir()).lower()}", f"model={START}", f"teacher.scores={scores}",
         f"trainer.max_steps={steps}", *STUDENT_SETS])
-    return recipe().run(config)
+    return recipe().run(config), out
 
 
 def scored(path: Path, model: Path, run, ds) -> tuple:
@@ -100,33 +111,25 @@ def scored(path: Path, model: Path, run, ds) -> tuple:
 def head_reranked(scores, first, k: int):
     """`first`'s top k of each claim ordered by `scores` (a run holding them), the rest after them in `first`'s order."""
     from distillir.data.run import Run
+    from distillir.recipes.common.ranking import with_tail
 
-    merged = Run(name=f"{first.name}.top{k}")
+    head = Run(name="head")
     for qid, hits in first.items():
         by = dict(scores.get(qid, []))
-        top = sorted(((p, by[p]) for p, _ in hits[:k]), key=lambda x: (-x[1], x[0]))
-        floor = min((s for _, s in top), default=0.0)
-        merged.add(qid, [*top, *((p, floor - 1.0 - i) for i, (p, _) in enumerate(hits[k:]))])
-    return merged
+        head.add(qid, [(p, by[p]) for p, _ in hits[:k]])  # Run orders them: score, then id
+    return with_tail(head, first, k)
 
 
 def lm_reranked(path: Path, config, bm25, ds, claims, k: int = 20):
     """The teacher LM (its run's reader and prompt) scoring BM25's top k of `claims` (cached as TREC at `path`;
     pairs are cached as scored, so a killed run resumes)."""
     from distillir.data.run import Run
-    from distillir.readers.fid_data import examples_from_run
-    from distillir.recipes.common.reading import build_lm_reader
-    from distillir.teachers.lm_likelihood import default_cache, lm_teacher_scores
 
     if not path.is_file():
-        reader = build_lm_reader(config.reader, config.teacher.aggregation)
-        examples = examples_from_run(Run({q: bm25[q][:k] for q in claims}, name="bm25"), ds.queries, ds.corpus)
         start = time.perf_counter()
-        scores = lm_teacher_scores(reader, examples, "question_likelihood", batch_size=config.reader.batch_size,
-                                   cache=default_cache(reader), progress="LM re-ranking")
-        wall = time.perf_counter() - start
-        Run({q: list(zip(p, v)) for q, (p, v) in scores.items()}, name="lm").write_trec(path, tag="lm")
-        path.with_suffix(".json").write_text(json.dumps({"pairs": len(claims) * k, "wall_s": round(wall, 1)}))
+        lm_rerank(config, Run({q: bm25[q][:k] for q in claims}, name="bm25"), ds).write_trec(path, tag="lm")
+        path.with_suffix(".json").write_text(json.dumps({"pairs": len(claims) * k,
+                                                         "wall_s": round(time.perf_counter() - start, 1)}))
     return Run.read_trec(path), json.loads(path.with_suffix(".json").read_text())
 
 
@@ -156,8 +159,8 @@ def measure(passes: int, lm_claims: int) -> dict:
         raise SystemExit(f"{START} is missing: run bench/ranker_answers.py first (it trains the squad-open ranker)")
     taught, config, out = teacher()
     scores = out / "round-1" / "teacher" / "scores.jsonl"
-    trained = student(scores, passes)
-    model = Path(trained["final_model"])
+    trained, student_dir = student(scores, passes)
+    model = student_dir / "final"
     train = load_dataset("scifact", "train")
     lists = load_fid_examples(out / "round-1" / "retrieve" / "train.jsonl")
     knows = teacher_knowledge(config, out, extra_orders=list_orders(

@@ -227,3 +227,17 @@ def test_answer_positives_train_a_ranker_from_question_answer_pairs_alone(tiny_b
         assert not any(has_answer(answers[row["qid"]], text[p]) for p in row["negatives"])
     with pytest.raises(Exception, match="exclude_answers"):
         load_config(CrossEncoderConfig, None, ["positives=answer", "negatives.exclude_answers=false"])
+
+
+def test_with_tail_keeps_the_first_stage_after_the_reranked_head():
+    """The re-ranked top k first, then the first stage's rest in its order, each scored below the head's lowest
+    (floor - 1, floor - 2, ...), so deep metrics still count the tail."""
+    from distillir.data.run import Run
+    from distillir.recipes.common.ranking import with_tail
+
+    first = Run({"q": [("a", 9.0), ("b", 8.0), ("c", 7.0), ("d", 6.0)], "r": [("x", 1.0)]}, name="bm25")
+    head = Run({"q": [("b", 0.5), ("a", 0.25)], "r": [("x", 3.0)]}, name="ranker")
+    merged = with_tail(head, first, 2)
+    assert merged["q"] == [("b", 0.5), ("a", 0.25), ("c", -0.75), ("d", -1.75)]
+    assert merged["r"] == [("x", 3.0)]
+    assert merged.name == "bm25.reranked"

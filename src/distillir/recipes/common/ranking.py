@@ -248,6 +248,12 @@ def rerank_run(ranker, run, dataset, top_k: int, batch_size: int = 64):
     pairs = sum(min(len(hits), top_k) for hits in run.values())
     head = ranker.rerank(run, dataset.queries, dataset.corpus, top_k=top_k, batch_size=batch_size,
                          show_progress=pairs >= 2048)  # a bar when it takes a while
+    return with_tail(head, run, top_k)
+
+
+def with_tail(head, run, top_k: int):
+    """`head` (each query's re-ranked top k of `run`) followed by the rest of `run` in its order, scored below
+    every re-ranked score."""
     merged = Run(name=f"{run.name}.reranked")
     for qid, hits in run.items():
         top = head.get(qid, [])
@@ -288,4 +294,4 @@ def warm_up_ranker(ranker, examples, corpus, list_size: int, warmup: RankerWarmu
 
 __all__ = ["WARMUP_DIR", "CandidateListCollator", "RankerDistillLoss", "ScoredListCollator", "evaluate_rerank", "first_stage_run", "load_ranker", "on_plateau",
            "phase_arguments", "ranker_list_loss", "ranker_param_groups", "rerank_run", "train_ranker",
-           "warm_up_ranker"]
+           "warm_up_ranker", "with_tail"]
