@@ -171,7 +171,8 @@ class Bench:
                                                                 if k not in ("batch", "lr")})
         student_cfg.trainer = dataclasses.replace(student_cfg.trainer, max_steps=steps,
                                                   per_device_batch_size=cfg["student"]["batch"],
-                                                  learning_rate=cfg["student"]["lr"], save_steps=0)
+                                                  learning_rate=cfg["student"]["lr"], save_steps=0,
+                                                  **cfg.get("trainer", {}))
         out = WORK_DIR / "distill_student" / name
         shutil.rmtree(out, ignore_errors=True)  # a fresh phase: no earlier log or agreement file
         student, info = train_student(student_cfg, examples, self.train.corpus, out,

@@ -65,6 +65,25 @@ ABLATIONS["gold_combo_sharp_q20k"] = {**ABLATIONS["combo_sharp_q20k"], "teacher"
 ABLATIONS["combo_sharp_q20k_1250"] = {**ABLATIONS["combo_sharp_q20k"], "steps": 1250,
                                       "system": ABLATIONS["combo_sharp"]["system"] + ", 20k questions, 1250 steps"}
 
+# Both towers (the passage tower trained too, the corpus re-embedded by it) against the query tower alone at the
+# same settings. A passage-length step is costly on 2 cores, so these lists are leaner (BM25 top-4 + the student's
+# top-4, no random negatives; in-batch negatives remain) and the steps fewer (400 x 16 of the 20k questions), with
+# bf16 where native and attention dropout off (2-4x faster steps; `lean_q20k_dropout` keeps the model's 0.1 to show
+# what that costs the query tower).
+LEAN = {**ABLATIONS["combo_sharp_q20k"], "depth": 4, "steps": 400,
+        "student": {"in_batch_negatives": True, "random_negatives": 0},
+        "trainer": {"mixed_precision": "native", "attention_dropout": 0.0}}
+LEAN_SYSTEM = ("union of BM25 and student top-4, lists with an answer, in-batch negatives, targets x 5, "
+               "20k questions, 400 steps")
+ABLATIONS["lean_q20k"] = {**LEAN, "system": f"query tower: {LEAN_SYSTEM}"}
+ABLATIONS["lean_q20k_dropout"] = {**LEAN, "trainer": {"mixed_precision": "native"},
+                                  "system": f"query tower, attention dropout 0.1: {LEAN_SYSTEM}"}
+ABLATIONS["both_lean_q20k"] = {**LEAN, "student": {**LEAN["student"], "train_passages": True, "shared": False},
+                               "system": f"both towers (two copies of MiniLM): {LEAN_SYSTEM}"}
+ABLATIONS["gold_both_lean_q20k"] = {**ABLATIONS["both_lean_q20k"], "teacher": "gold",
+                                    "system": "gold passage + the same candidates and settings as `both_lean_q20k` "
+                                              "(labels: DPR-style supervision)"}
+
 COLUMNS = ["Top-1", "Top-5", "Top-20", "Top-100", "MRR@10"]
 
 

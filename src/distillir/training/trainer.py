@@ -33,6 +33,7 @@ from distillir.errors import ConfigError
 from distillir.training import checkpoint as ckpt
 from distillir.training.arguments import TrainingArguments
 from distillir.training.clipping import clip_gradients
+from distillir.training.dropout import set_attention_dropout
 from distillir.training.interrupt import StopOnSignal, TrainingInterrupted
 from distillir.training.state import (
     LossOutput,
@@ -106,6 +107,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(args.output_dir)
         self.state = TrainerState()
+        if args.attention_dropout is not None and not set_attention_dropout(model, args.attention_dropout):
+            logger.warning("trainer.attention_dropout: %s has no attention module whose dropout could be set",
+                           type(model).__name__)
 
         mixed_precision = resolve_mixed_precision(args.mixed_precision)
         state = AcceleratorState._shared_state
