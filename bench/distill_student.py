@@ -1,8 +1,9 @@
 """The student side of distillation, measured with a teacher that knows: the answer-string teacher (1 if a
 candidate holds an answer, else 0; no model) distilled into MiniLM on squad-open, one ablation at a time.
 
-Every run trains the query tower only (query-side fine-tuning: the passage tower stays MiniLM, so the corpus
-is embedded once, cached, and every run is evaluated on all 10,570 dev questions in about a minute) through the
+Every run but the `both_*` rows trains the query tower only (query-side fine-tuning: the passage tower stays
+MiniLM, so the corpus is embedded once, cached, and every run is evaluated on all 10,570 dev questions in about a
+minute; the `both_*` rows train the passage tower too and re-embed the corpus with it) through the
 shared student-training path (`distillir.recipes.common.distill.train_student`) that the distilling recipes
 use. Each ablation changes one setting of "today's defaults" (fid-kd's CPU config distilling the same
 teacher): the candidate lists (BM25's top-n, the student's own, their union; n), the negatives (own list,

@@ -100,7 +100,8 @@ def markdown(res: dict) -> str:
            (f"Training questions: the first N (the row's `questions`: 1,000 unless it says) of a seeded sample of "
             f"{s.get('train_questions', '?')} SQuAD train questions (question + answers only); all "
            f"{s.get('eval_questions', '?')} dev questions; query tower only (passage tower = MiniLM, corpus "
-           f"embedded once, {s.get('encode_dtype', '?')}). {env.get('cpu_model', '?')} "
+           f"embedded once, {s.get('encode_dtype', '?')}) unless the row says both towers (then the corpus is "
+           f"re-embedded by the trained passage tower). {env.get('cpu_model', '?')} "
            f"({', '.join(env.get('cpu_flags', []))}), {env.get('logical_cpus', '?')} logical CPUs, "
            f"{env.get('date_utc', '?')}. Intervals: 95% normal, per column."), "",
            "| row | system | labels | " + " | ".join(COLUMNS) + " | lists (with an answer) | steps | wall s |",
@@ -179,6 +180,7 @@ def reading(rows: dict) -> list[str]:
         lines.append(f"- Twice the steps at 20k questions (`combo_sharp_q20k_1250`, every list once): "
                      f"{_delta(rows, 'combo_sharp_q20k_1250', 'combo_sharp_q20k', 'Top-1'):+.3f} / "
                      f"{_delta(rows, 'combo_sharp_q20k_1250', 'combo_sharp_q20k', 'Top-5'):+.3f} against 625.")
+    lines += lean_reading(rows, ci1, ci5)
     best = max(distilled, key=lambda n: rows[n]["metrics"]["Top-5"])
     b = rows[best]["metrics"]
     lines.append(f"- Goal Top-5 >= 0.88 and Top-1 >= 0.70: the best row (`{best}`, {b['Top-1']:.3f}/{b['Top-5']:.3f}) "
@@ -186,4 +188,34 @@ def reading(rows: dict) -> list[str]:
     if "rrf_best" in rows and "bm25" in rows:
         lines.append(f"- RRF(BM25, `{rows['rrf_best'].get('fused', best)}`) against BM25: Top-1 {_delta(rows, 'rrf_best', 'bm25', 'Top-1'):+.3f}, "
                      f"Top-5 {_delta(rows, 'rrf_best', 'bm25', 'Top-5'):+.3f}.")
+    return lines
+
+
+def _versus(rows: dict, name: str, ref: str, ci1: float, ci5: float) -> str:
+    d1, d5 = _delta(rows, name, ref, "Top-1"), _delta(rows, name, ref, "Top-5")
+    beyond = [c for c, d, ci in (("Top-1", d1, ci1), ("Top-5", d5, ci5)) if abs(d) > ci]
+    return (f"{d1:+.3f} / {d5:+.3f} against `{ref}`"
+            + (f" (beyond one run's interval at {' and '.join(beyond)})" if beyond else " (within one run's interval)"))
+
+
+def lean_reading(rows: dict, ci1: float, ci5: float) -> list[str]:
+    """The lean rows: the passage tower trained or not, attention dropout, gold labels; Top-1 / Top-5."""
+    lines = []
+    if "lean_q20k" in rows:
+        m = rows["lean_q20k"]["metrics"]
+        lines.append(f"- Lean lists, query tower (`lean_q20k`): {m['Top-1']:.3f}/{m['Top-5']:.3f}, "
+                     + _versus(rows, "lean_q20k", "minilm", ci1, ci5) + ".")
+    if "lean_q20k_dropout" in rows and "lean_q20k" in rows:
+        lines.append("- Attention dropout off (`lean_q20k`) against the model's 0.1 (`lean_q20k_dropout`), "
+                     "everything else equal: " + _versus(rows, "lean_q20k", "lean_q20k_dropout", ci1, ci5) + ".")
+    if "both_lean_q20k" in rows and "lean_q20k" in rows:
+        m = rows["both_lean_q20k"]["metrics"]
+        lines.append(f"- Both towers trained (`both_lean_q20k`): {m['Top-1']:.3f}/{m['Top-5']:.3f}, "
+                     + _versus(rows, "both_lean_q20k", "lean_q20k", ci1, ci5) + " (the query tower alone at the "
+                     "same lists and steps); " + _versus(rows, "both_lean_q20k", "minilm", ci1, ci5)
+                     + f"; {rows['both_lean_q20k']['wall_s'] / 60:.0f} min against "
+                       f"{rows['lean_q20k']['wall_s'] / 60:.0f}.")
+    if "gold_both_lean_q20k" in rows and "both_lean_q20k" in rows:
+        lines.append("- The same two towers on gold passages (`gold_both_lean_q20k`, labels): the answer teacher is "
+                     + _versus(rows, "both_lean_q20k", "gold_both_lean_q20k", ci1, ci5) + ".")
     return lines
