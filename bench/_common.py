@@ -132,6 +132,20 @@ def paired_difference(first: dict, second: dict) -> dict:
             "better": sum(v > 0 for v in d), "worse": sum(v < 0 for v in d)}
 
 
+def per_query(run, ds, metric: str) -> dict[str, float]:
+    """Each eval query's Top-k answer hit (squad-open) or qrels metric (SciFact)."""
+    if metric.startswith("Top-"):
+        from distillir.data.answers import AnswerMatcher
+
+        k, matcher = int(metric.split("-")[1]), AnswerMatcher(ds.corpus)
+        return {q: float(any(matcher.hits(a, [p for p, _ in run.get(q, [])[:k]])))
+                for q, a in zip(ds.queries.ids, ds.queries.answers)}
+    from distillir.evaluation.metrics import evaluate_qrels
+
+    scored = evaluate_qrels(run, ds.qrels, [metric], per_query=True)["per_query"]
+    return {q: v[metric] for q, v in scored.items()}
+
+
 # Gemma-3-270M (base): the GGUF the gemma3 packages write (bench/lm_teacher.py's docstring), and the overrides
 # that make a shipped SmolLM2 config read with it (a base model: plain prompts, no chat template).
 GEMMA = WORK_DIR / "models" / "gemma-3-270m-Q4_K_M.gguf"

@@ -12,7 +12,7 @@ the learning rate, the steps, and the number of training questions. Baselines in
 untrained, the same path trained on gold passages (DPR-style supervision: labels), RRF(BM25, best).
 
     nohup .venv/bin/python bench/distill_student.py > bench/work/distill_student.log 2>&1 &
-    #   --only NAME,NAME (re-run some rows, keep the rest)   --train-questions 1000   --render-only
+    #   --only NAME,NAME (re-run some rows, keep the rest; paired: the paired intervals)   --train-questions 1000   --render-only
 
 Resumable: finished rows are kept in bench/results/distill_student.json and skipped.
 """
@@ -30,11 +30,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, WORK_DIR, command_line, keep_environment, peak_rss_mb, write_results
-from distill_student_report import ABLATIONS, BASE, markdown
+from _common import (
+    RESULTS_DIR,
+    WORK_DIR,
+    command_line,
+    keep_environment,
+    paired_difference,
+    peak_rss_mb,
+    per_query,
+    write_results,
+)
+from distill_student_report import ABLATIONS, BASE, PAIRS, markdown
 
 SEED = 42
-EXTRA = {"scifact": "transfer", "teacher_knows": "teacher_knows"}  # steps that are not table rows: where they record
+EXTRA = {"scifact": "transfer", "teacher_knows": "teacher_knows", "paired": "paired"}  # steps that are not table rows: where they record
 KS = (1, 5, 20, 100)
 
 
@@ -232,6 +241,45 @@ class Bench:
                                           f"{v['retriever_hit@1']:.3f}" for k, v in found.items()))
         self.save()
 
+    def paired(self) -> None:
+        """Paired per-question differences (Top-1, Top-5) of `PAIRS` whose systems can be rebuilt here: BM25, MiniLM,
+        rows whose student is in bench/work, and RRF(BM25, the fused row)."""
+        from distillir.retrievers.bm25 import bm25_cached
+        from distillir.retrievers.dense.encoder import BiEncoder
+        from distillir.retrievers.hybrid import reciprocal_rank_fusion
+
+        if not self.wanted("paired"):
+            return
+        runs: dict = {}
+
+        def run_of(name: str):
+            if name not in runs:
+                if name == "bm25":
+                    runs[name] = bm25_cached(self.dev.corpus).search(self.dev.queries, top_k=100)
+                elif name == "minilm":
+                    runs[name] = self.evaluate(self.start)[0]
+                elif name == "rrf_best":
+                    fused = run_of(self.res["rows"]["rrf_best"]["fused"])
+                    runs[name] = None if fused is None else reciprocal_rank_fusion([run_of("bm25"), fused], top_k=100)
+                else:
+                    final = WORK_DIR / "distill_student" / name / "final"
+                    runs[name] = self.evaluate(BiEncoder.from_pretrained(final))[0] if final.is_dir() else None
+            return runs[name]
+
+        found = dict(self.res.get("paired") or {})
+        for first, second in PAIRS:
+            if first not in self.res["rows"] or second not in self.res["rows"]:
+                continue
+            a, b = run_of(first), run_of(second)
+            if a is None or b is None:
+                continue  # a row trained in an earlier session whose student is gone: its record stays
+            found[f"{second} - {first}"] = {m: paired_difference(per_query(a, self.dev, m), per_query(b, self.dev, m))
+                                            for m in ("Top-1", "Top-5")}
+            log(f"paired {second} - {first}: " + ", ".join(
+                f"{m} {d['mean_diff']:+.3f} +-{d['half_width']:.3f}" for m, d in found[f"{second} - {first}"].items()))
+        self.res["paired"] = found
+        self.save()
+
     def transfer(self) -> None:
         """Another domain: MiniLM and the best distilled row (by squad-open Top-5) on SciFact test, nDCG@10."""
         from distillir.data.datasets import load_dataset
@@ -275,6 +323,7 @@ class Bench:
         for name, spec in ABLATIONS.items():
             self.distil(name, spec)
         self.hybrid()  # each reruns when asked for, or when the best row changed
+        self.paired()
         self.transfer()
         self.res["complete"] = all(name in self.res["rows"] for name in ABLATIONS)
         self.save()

@@ -39,6 +39,7 @@ from _common import (
     command_line,
     environment,
     paired_difference,
+    per_query,
     summary_row,
     write_results,
 )
@@ -140,20 +141,6 @@ def run_or_read(spec: dict) -> dict:
         return json.loads(path.read_text())
     return recipe().run(config)
 
-
-
-def per_query(run, ds, metric: str) -> dict[str, float]:
-    """Each eval query's Top-k answer hit (squad-open) or qrels metric (SciFact)."""
-    if metric.startswith("Top-"):
-        from distillir.data.answers import AnswerMatcher
-
-        k, matcher = int(metric.split("-")[1]), AnswerMatcher(ds.corpus)
-        return {q: float(any(matcher.hits(a, [p for p, _ in run.get(q, [])[:k]])))
-                for q, a in zip(ds.queries.ids, ds.queries.answers)}
-    from distillir.evaluation.metrics import evaluate_qrels
-
-    scored = evaluate_qrels(run, ds.qrels, [metric], per_query=True)["per_query"]
-    return {q: v[metric] for q, v in scored.items()}
 
 
 def teacher_knowledge(config, out: Path, k: int = 1, extra_orders: dict | None = None) -> dict:

@@ -142,7 +142,7 @@ def markdown(res: dict) -> str:
         dropout = "0.1 (the model's)" if row["dropout"] is None else row["dropout"]
         out.append(f"| {STEPS[row['step']][1]} | {row['precision']} | {dropout} | {row['s/step']:.2f} | "
                    f"{row['speed-up']:.2f}x |")
-    out += ["", "#### Reading", "", res["reading"], "", "#### Command", "", f"`{res['command']}`"]
+    out += ["", "## Reading", "", res["reading"], "", "## Command", "", f"`{res['command']}`"]
     return "\n".join(out)
 
 

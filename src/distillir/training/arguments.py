@@ -35,7 +35,7 @@ class TrainConfig:
     # auto: bf16 on a GPU that supports it, else no; native: also bf16 on a CPU with native bf16 (avx512_bf16/AMX)
     mixed_precision: MixedPrecision = "auto"
     # Dropout on the attention probabilities while training; null: the model's own (BERT: 0.1). 0 makes a
-    # passage-length CPU step 2-4x faster (training/dropout.py; measured in bench/attention_dropout.py).
+    # passage-length CPU step 1.3-3.4x faster (training/dropout.py; bench/train_step.py).
     attention_dropout: float | None = None
     save_steps: int = 500  # 0: no checkpoints at all
     save_total_limit: int | None = 2
