@@ -219,6 +219,9 @@ def test_config_checks_and_shipped_configs():
     answers = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-answers-squad-cpu.yaml")
     assert answers.teacher_scores == "answers" and answers.rounds == 2 and answers.retriever.in_batch_negatives
     assert answers.retriever.agreement_holdout > 0 and answers.on_worse == "keep"
+    both = load_config(FiDKDConfig, REPO / "configs" / "fid-kd-answers-both-squad-cpu.yaml")
+    assert both.retriever.train_passages and both.retriever.shared and both.retriever.random_negatives == 0
+    assert both.retriever.trainer.attention_dropout == 0.0 and both.retriever.trainer.mixed_precision == "native"
     # The shipped CPU configs use the measured student side, which is also the recipe's default.
     default = FiDKDConfig()
 
