@@ -3,6 +3,8 @@ and a reading generated from the numbers."""
 
 from __future__ import annotations
 
+from _common import verdict
+
 # Today's defaults: fid-kd's CPU config (configs/fid-kd-squad-cpu.yaml) distilling the same teacher: BM25's
 # top 10, the own list only, per-list z-scored targets, KL at temperature 1 on MiniLM's cosine x 20,
 # query tower at 3e-5, 2 epochs at 16 questions a step.
@@ -217,12 +219,6 @@ def _versus(rows: dict, name: str, ref: str, ci1: float, ci5: float, paired: dic
     beyond = [c for c, d, ci in (("Top-1", d1, ci1), ("Top-5", d5, ci5)) if abs(d) > ci]
     return (f"{d1:+.3f} / {d5:+.3f} against `{ref}`"
             + (f" (beyond one run's interval at {' and '.join(beyond)})" if beyond else " (within one run's interval)"))
-
-
-def verdict(diff: dict) -> str:
-    if diff["mean_diff"] - diff["half_width"] > 0:
-        return "above"
-    return "below" if diff["mean_diff"] + diff["half_width"] < 0 else "within noise"
 
 
 def lean_reading(rows: dict, ci1: float, ci5: float, paired: dict | None = None) -> list[str]:

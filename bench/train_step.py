@@ -50,22 +50,21 @@ def variants() -> list[tuple[str, str, float | None]]:
     return found
 
 
-class StepClock:
-    """A TrainerCallback that records when each optimizer step ends."""
+def step_clock():
+    """A TrainerCallback recording when each optimizer step ends; `.step_seconds()` after the warm-up step."""
+    from distillir.training.state import TrainerCallback
 
-    def __init__(self):
-        self.ends = [time.perf_counter()]
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.ends = [time.perf_counter()]
 
-    def on_step_end(self, trainer) -> None:
-        self.ends.append(time.perf_counter())
+        def on_step_end(self, trainer) -> None:
+            self.ends.append(time.perf_counter())
 
-    def __getattr__(self, name):  # the other hooks do nothing
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
+        def step_seconds(self) -> list[float]:
+            return [b - a for a, b in zip(self.ends[1:], self.ends[2:])]  # the first step is warm-up
 
-    def step_seconds(self) -> list[float]:
-        return [b - a for a, b in zip(self.ends[1:], self.ends[2:])]  # the first step is warm-up
+    return StepClock()
 
 
 def lists(n_questions: int):
@@ -78,7 +77,7 @@ def lists(n_questions: int):
     questions = qa_queries(train.queries)
     scores = answer_teacher(candidate_run(["bm25"], 8, train.corpus, questions), questions, train.corpus)
     scores = scores.subset([q for q in scores if max(scores[q][1]) > 0 and len(scores[q][0]) == 8][:n_questions])
-    return train, questions, list_examples(scores, questions, train.corpus, normalize="zscore", scale=5.0)
+    return train, list_examples(scores, questions, train.corpus, normalize="zscore", scale=5.0)
 
 
 def bi_encoder_step(train, examples, precision: str, dropout, steps: int, out: Path) -> list[float]:
@@ -91,7 +90,7 @@ def bi_encoder_step(train, examples, precision: str, dropout, steps: int, out: P
                         agreement_sample=0)
     cfg.trainer = dataclasses.replace(cfg.trainer, max_steps=steps + 1, per_device_batch_size=16, save_steps=0,
                                       mixed_precision=precision, attention_dropout=dropout)
-    clock = StepClock()
+    clock = step_clock()
     train_student(cfg, examples, train.corpus, out, encode=EncodeConfig(), seed=SEED, resume=False,
                   callbacks=[clock])
     return clock.step_seconds()
@@ -100,12 +99,12 @@ def bi_encoder_step(train, examples, precision: str, dropout, steps: int, out: P
 def cross_encoder_step(train, examples, precision: str, dropout, steps: int, out: Path) -> list[float]:
     import torch
 
+    from distillir.models import DEFAULT_ENCODER
     from distillir.rankers.cross_encoder import CrossEncoder
-    from distillir.recipes.common.config import StudentConfig
     from distillir.training.arguments import TrainingArguments
     from distillir.training.trainer import Trainer
 
-    ranker = CrossEncoder.from_pretrained(StudentConfig().model, max_length=192, query_max_length=32)
+    ranker = CrossEncoder.from_pretrained(DEFAULT_ENCODER, max_length=192, query_max_length=32)
 
     def collate(chunk):
         queries = [ex.query for ex in chunk for _ in ex.pids]
@@ -119,7 +118,7 @@ def cross_encoder_step(train, examples, precision: str, dropout, steps: int, out
 
     args = TrainingArguments(output_dir=out, seed=SEED, max_steps=steps + 1, per_device_batch_size=4, save_steps=0,
                              learning_rate=5e-5, mixed_precision=precision, attention_dropout=dropout)
-    clock = StepClock()
+    clock = step_clock()
     Trainer(ranker, args, examples, collate, loss_fn=loss, callbacks=[clock]).train()
     return clock.step_seconds()
 
@@ -169,7 +168,7 @@ def main(argv=None) -> None:
         res = json.loads((RESULTS_DIR / "train_step.json").read_text())
         write_results("train_step", res, markdown(res))
         return
-    train, _, examples = lists(16 * (args.steps + 1))
+    train, examples = lists(16 * (args.steps + 1))
     times: dict[tuple, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
