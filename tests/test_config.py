@@ -90,6 +90,16 @@ def test_wrong_values_say_what_was_expected(override, expected):
         load_config(Demo, None, [override])
 
 
+def test_a_range_check_names_the_override_or_the_line_that_set_the_key(tmp_path):
+    path = write(tmp_path, "seed: 1\ntrainer:\n  max_steps: 10\n  attention_dropout: 1.5\n")
+    with pytest.raises(ConfigError, match=rf"{path}, line 4: trainer: attention_dropout must be in"):
+        load_config(Demo, path)
+    with pytest.raises(ConfigError, match=r"^--set trainer\.attention_dropout=2: trainer: attention_dropout must"):
+        load_config(Demo, path, ["trainer.attention_dropout=2"])
+    with pytest.raises(ConfigError, match=rf"^{path}, line 2: trainer: warmup_ratio must be in"):  # its own line
+        load_config(Demo, write(tmp_path, "trainer:\n  warmup_ratio: 1.5\n"), ["trainer.max_steps=3"])
+
+
 def test_wrong_type_in_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "trainer:\n  per_device_batch_size: true\n")
     with pytest.raises(ConfigError, match=rf"{path}, line 2: trainer.per_device_batch_size: expected an integer"):

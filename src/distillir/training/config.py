@@ -206,8 +206,11 @@ def _build(cls: type, data: Mapping[str, Any], path: tuple[str, ...], origins: _
     try:
         return cls(**kwargs)
     except (ConfigError, ValueError, TypeError) as e:
-        # Cross-field checks in __post_init__: say which section and where it came from.
-        raise ConfigError(f"{_where(path, origins, source)}: {_dotted(path)}: {e}") from None
+        # Checks in __post_init__: where the key the message starts with came from (a --set or its own line),
+        # else the section's origin.
+        named = next((name for name in fields if str(e).split(" ", 1)[0] == name), None)
+        where = _where((*path, named) if named else path, origins, source)
+        raise ConfigError(f"{where}: {_dotted(path)}: {e}") from None
 
 
 def _type_name(tp: Any) -> str:
