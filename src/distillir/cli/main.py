@@ -335,8 +335,10 @@ def main() -> None:
     import warnings
 
     from distillir.errors import DistillirError
+    from distillir.utils.memory import keep_freed_memory
 
     warnings.showwarning = _show_warning
+    keep_freed_memory()  # every command's large batches reuse freed pages (utils/memory.py)
     try:
         app()
     except DistillirError as e:

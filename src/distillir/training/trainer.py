@@ -48,11 +48,11 @@ from distillir.training.state import (
 from distillir.utils.dist import _has_accelerator
 from distillir.utils.io import append_jsonl
 from distillir.utils.log import get_logger
+from distillir.utils.memory import keep_freed_memory
 
 logger = get_logger(__name__)
 
 LOG_FILE = "log.jsonl"
-
 
 
 class _LossForward(nn.Module):
@@ -107,6 +107,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.output_dir = Path(args.output_dir)
         self.state = TrainerState()
+        keep_freed_memory()  # a step's large activations reuse the last step's pages (utils/memory.py)
         if args.attention_dropout is not None and not set_attention_dropout(model, args.attention_dropout):
             logger.warning("trainer.attention_dropout: %s has no attention module whose dropout could be set",
                            type(model).__name__)
