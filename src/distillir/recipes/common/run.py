@@ -32,6 +32,7 @@ from distillir.training.config import CONFIG_FILE, config_diff, config_to_dict, 
 from distillir.training.state import process_state
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
+from distillir.utils.memory import keep_freed_memory
 
 logger = get_logger(__name__)
 
@@ -72,12 +73,14 @@ class Recipe(ABC):
         return load_config(cls.Config, yaml_path, overrides)
 
     def start(self, config: Any) -> Path:
-        """The preamble of every run: the process check, the run directory (`prepare_output_dir`), the seed."""
+        """The preamble of every run: the process check, the run directory (`prepare_output_dir`), the seed, and
+        malloc keeping freed memory (utils/memory.py)."""
         if self.single_process and process_state().num_processes > 1:
             raise ConfigError(f"{self.name} runs in a single process (one GPU or the CPU); launch it without torchrun")
         check_seed("seed", config.seed)  # before the run directory is written
         out = self.prepare_output_dir(config)
         seed_everything(config.seed)
+        keep_freed_memory()  # every stage's large batches (scoring, encoding, training) reuse freed pages
         return out
 
     def prepare_output_dir(self, config: Any) -> Path:
