@@ -51,6 +51,13 @@ def keep_environment(res: dict) -> None:
              "loadavg_at_start": list(os.getloadavg())})
 
 
+def machine_line(env: dict) -> str:
+    """'Run DATE on CPU (N logical CPUs; flags ...), torch V (T threads), 1-min load L at start' for a report."""
+    return (f"Run {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
+            f"{', '.join(env['cpu_flags'])}), torch {env.get('torch', '?')} ({env.get('torch_threads', '?')} threads), "
+            f"1-min load {env['loadavg_at_start'][0]:.1f} at start")
+
+
 def environment() -> dict:
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, command_line, environment, summary_row, write_results
+from _common import RESULTS_DIR, command_line, environment, machine_line, summary_row, write_results
 
 SEED = 42
 SETTINGS = ("default", "keep")
@@ -132,9 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def markdown(res: dict) -> str:
     env = res["environment"]
     out = ["# What glibc's malloc costs a CPU step, and keeping freed memory", "",
-           (f"Run {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
-            f"{', '.join(env['cpu_flags'])}), torch {env.get('torch', '?')} ({env.get('torch_threads', '?')} threads), "
-            f"1-min load {env['loadavg_at_start'][0]:.1f} at start. Each variant in its own process; median over "
+           (machine_line(env) + f". Each variant in its own process; median over "
             f"{res['settings']['rounds']} alternating rounds of {res['settings']['steps']} timed steps (encode: "
             f"{8 * res['settings']['steps']} batches) after a warm-up."), "",
            "| workload | malloc | seconds | page faults | peak RSS GB | speed-up |", "|---|---|---:|---:|---:|---:|"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS_DIR, command_line, environment, summary_row, write_results
+from _common import RESULTS_DIR, command_line, environment, machine_line, summary_row, write_results
 
 SEED = 42
 KEYS = ("s/step", "speed-up")
@@ -130,9 +130,7 @@ STEPS = {"bi-encoder": (bi_encoder_step, "bi-encoder list distillation, both tow
 def markdown(res: dict) -> str:
     env = res["environment"]
     out = ["# What one training step costs: precision and attention dropout", "",
-           (f"Run {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
-           f"{', '.join(env['cpu_flags'])}), torch {env.get('torch', '?')} ({env.get('torch_threads', '?')} threads), "
-           f"1-min load {env['loadavg_at_start'][0]:.1f} at start. The model is all-MiniLM-L6-v2; real squad-open "
+           (machine_line(env) + f". The model is all-MiniLM-L6-v2; real squad-open "
            f"training lists (BM25 top 8, answer-string targets); median of {res['settings']['steps']} timed steps x "
            f"{res['settings']['rounds']} interleaved rounds after a warm-up step per run."), "",
            "| step | precision | attention dropout | s/step | speed-up vs float32, dropout 0.1 |",
