@@ -18,8 +18,8 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   scifact_ql_3r  the same in three rounds, each over the previous round's retriever's lists
   scifact_ql_gemma  scifact_ql with Gemma-3-270M (base) as the LM; needs its GGUF (bench/lm_teacher.py's docstring)
   scifact_ql_gemma_2r  the same in two rounds
-  scifact_gemma_both  scifact_ql_gemma's scores into both towers (the passage tower trained too; about 3.5 hours
-                      on 2 cores, so it runs only when named with --only)
+  scifact_ql_both  scifact_ql with both towers trained (bf16 where native, attention dropout off)
+  scifact_gemma_both  scifact_ql_gemma's scores into both towers, the same way (student only)
   squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
 """
 
@@ -47,6 +47,8 @@ from lm_distill_report import markdown, summary
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = "configs/fid-kd-smollm2-squad-cpu.yaml"
+BOTH_SETS = ["retriever.train_passages=true", "retriever.trainer.mixed_precision=native",
+             "retriever.trainer.attention_dropout=0"]
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
@@ -85,22 +87,20 @@ RUNS = {
                             "sets": [*GEMMA_SETS, "rounds=2"],
                             "system": "MiniLM distilled from Gemma-3-270M claim likelihood, 2 rounds (claims only)",
                             "needs": GEMMA},
-    # Gemma's scores as they are, into both towers (train_passages: the corpus re-embedded by the trained tower
-    # for evaluation): is the student's passage side what limits it? (student only; no new scoring)
+    # Both towers (train_passages: the corpus re-embedded by the trained tower for evaluation): is the student's
+    # passage side what limits it? bf16 where native and attention dropout off make a passage-length step about
+    # 3.4x cheaper (bench/train_step.py); the first try, with neither, took 135-146 s a step.
+    "scifact_ql_both": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact-both",
+                        "sets": BOTH_SETS, "versus": "scifact_ql",
+                        "system": "MiniLM, both towers, distilled from SmolLM2 claim likelihood (claims only)"},
+    # Gemma's scores as they are, into both towers (student only; no new scoring).
     "scifact_gemma_both": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact-both",
                            "lists_dir": "fid-kd-gemma-scifact",
                            "sets": [f"teacher_scores={WORK_DIR / 'runs' / 'fid-kd-gemma-scifact' / 'round-1' / 'teacher' / 'scores.jsonl'}",
-                                    # 16 lists x (10 + 16 random) passages in one forward ran out of 24 GB:
-                                    # two micro-batches of 8 lists make the same step
-                                    "retriever.train_passages=true", "retriever.trainer.per_device_batch_size=8",
-                                    "retriever.trainer.gradient_accumulation_steps=2"],
+                                    *BOTH_SETS],
+                           "versus": "scifact_ql_gemma",
                            "system": "MiniLM, both towers, distilled from Gemma-3-270M claim likelihood (claims only)",
-                           "needs": WORK_DIR / "runs" / "fid-kd-gemma-scifact" / "round-1" / "teacher" / "scores.jsonl",
-                           "not_run": "started 2026-12-03 on 2 Intel AMX cores and stopped: the passage tower's "
-                                      "forward and backward over 16 lists x (10 + 16 random) passages of 256 tokens "
-                                      "took 135-146 s a step (2 steps in 4 min 40 s; in one forward instead of two "
-                                      "micro-batches it ran out of 24 GB), so the config's 91 steps would take about "
-                                      "3.5 hours, against 0.6 min for the query tower alone. Not measured."},
+                           "needs": WORK_DIR / "runs" / "fid-kd-gemma-scifact" / "round-1" / "teacher" / "scores.jsonl"},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
                        "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
@@ -253,18 +253,31 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
     focus = ("Top-1", "Top-5") if config.dataset == "squad-open" else ("nDCG@10",)
     diffs = {m: paired_difference(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}
     diffs_bm25 = {m: paired_difference(per_query(bm25, ds, m), per_query(distilled, ds, m)) for m in focus}
+    # A run that changes only the student against the run it varies (same lists and scores): the query tower's.
+    versus = RUNS[spec["versus"]] if spec.get("versus") else None
+    diffs_versus = {}
+    if versus and (WORK_DIR / "runs" / versus["dir"] / "results.json").is_file():
+        other = json.loads((WORK_DIR / "runs" / versus["dir"] / "results.json").read_text())
+        other_run = Run.read_trec(WORK_DIR / "runs" / versus["dir"] / f"round-{other['kept_round'] or 1}" / "eval" /
+                                  "retriever.trec")
+        diffs_versus = {m: paired_difference(per_query(other_run, ds, m), per_query(distilled, ds, m)) for m in focus}
     r1 = results["rounds"][0]
     lists = WORK_DIR / "runs" / spec.get("lists_dir", spec["dir"])  # a score-file run reads another run's lists
     teacher = r1.get("teacher") or {}
     scores = read_teacher_scores(lists / "round-1" / "teacher" / "scores.jsonl")
     pairs = sum(len(scores[q][0]) for q in scores)
-    return {"run": key, "dir": str(out.relative_to(REPO)), "config": spec["config"], "sets": spec["sets"],
+    here = f"{REPO}/"  # paths in the sets and the teacher's name as the repository sees them
+    agreement = {k: (r1.get("retriever") or {}).get(f"agreement_{k}") for k in ("before", "after")}
+    return {"run": key, "dir": str(out.relative_to(REPO)), "config": spec["config"],
+            "sets": [s.replace(here, "") for s in spec["sets"]], "agreement": agreement,
             "dataset": config.dataset, "split": ev.split, "train_questions": results["train_questions"],
             "eval_questions": results["eval_questions"],
-            "aggregation": results["aggregation"] or results["teacher_scores"], "note": spec.get("note"),
+            "aggregation": (results["aggregation"] or results["teacher_scores"]).replace(here, ""),
+            "note": spec.get("note"),
             "lists_dir": spec.get("lists_dir"),
             "kept_round": results["kept_round"], "guard": r1.get("guard"), "system": spec["system"],
             "metrics": metrics, "labelled_systems": sorted(labelled), "paired_vs_start": diffs, "paired_vs_bm25": diffs_bm25,
+            "versus": spec.get("versus"), "paired_vs_versus": diffs_versus,
             "teacher_knowledge": teacher_knowledge(config, lists), "wall_s": r1.get("wall_s"),
             "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
             "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,

