@@ -18,6 +18,7 @@ peak resident memory. Variants alternate over rounds so drifting load hits them 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -83,8 +84,8 @@ def child_step(steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         train_student(cfg, examples, ds.corpus, Path(tmp), encode=EncodeConfig(), seed=SEED, resume=False,
                       callbacks=[clock])
-    m = clock.marks[1:]  # after the warm-up step
-    return {"seconds": [b[0] - a[0] for a, b in zip(m, m[1:])], "page faults": [b[1] - a[1] for a, b in zip(m, m[1:])]}
+    steps = list(itertools.pairwise(clock.marks[1:]))  # after the warm-up step
+    return {"seconds": [b[0] - a[0] for a, b in steps], "page faults": [b[1] - a[1] for a, b in steps]}
 
 
 def child_encode(batches: int) -> dict:
@@ -143,7 +144,7 @@ def child_lm(chunks: int) -> dict:
 def run_child(workload: str, setting: str, steps: int) -> dict:
     env = {**os.environ, "DISTILLIR_MALLOC": setting}
     cmd = [sys.executable, __file__, "--child", workload, "--steps", str(steps)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)  # its stderr is the error
     if out.returncode:
         raise SystemExit(f"{workload} / {setting} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
