@@ -33,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--distill-dir", default=str(WORK_DIR / "runs" / "fid-kd-ranker-1k"),
                    help="the fid-kd run distilling this ranker into MiniLM (read when finished, else run)")
     p.add_argument("--name", default="ranker_answers")
+    p.add_argument("--versus", default=None, help="another finished ranker run directory: per-question differences "
+                   "of this ranker's re-ranking minus that one's, on the same questions (e.g. one training setting "
+                   "against another); the distillation step is then skipped")
     p.add_argument("--render-only", action="store_true")
     return p.parse_args(argv)
 
@@ -67,9 +70,10 @@ def distill_or_read(distill_dir: Path, ranker_dir: Path) -> dict:
     return recipe().run(config)
 
 
-def paired_differences(run_dir: Path, ks=(1, 5)) -> dict:
-    """Per question, answer hit@k of the re-ranked run minus BM25's: mean and 95% normal interval (paired, so
-    tighter than the two metrics' own intervals). Re-ranks again with the saved ranker (same config)."""
+def paired_differences(run_dir: Path, ks=(1, 5), versus: Path | None = None) -> dict:
+    """Per question, answer hit@k of the re-ranked run minus BM25's (or, given `versus`, minus that ranker's
+    re-ranking of the same list): mean and 95% normal interval (paired, so tighter than the two metrics' own
+    intervals). Re-ranks again with the saved ranker(s) (same config)."""
     from distillir.data.answers import has_answer
     from distillir.data.datasets import load_dataset
     from distillir.rankers.cross_encoder import CrossEncoder
@@ -83,6 +87,8 @@ def paired_differences(run_dir: Path, ks=(1, 5)) -> dict:
     ds = load_dataset(cfg.dataset, cfg.split, max_queries=cfg.max_queries, seed=config.seed)
     first = bm25_cached(ds.corpus).search(ds.queries, top_k=cfg.depth)
     second = rerank_run(CrossEncoder.from_pretrained(run_dir / "final"), first, ds, cfg.top_k, cfg.batch_size)
+    if versus is not None:
+        first = rerank_run(CrossEncoder.from_pretrained(versus / "final"), first, ds, cfg.top_k, cfg.batch_size)
     text = dict(zip(ds.corpus.ids, ds.corpus.texts))
     answers = dict(zip(ds.queries.ids, ds.queries.answers))
 
@@ -110,7 +116,7 @@ def markdown(res: dict) -> str:
     diff = res["paired"]
     t = r["train"]
     lines = [
-        "# A cross-encoder from question-answer pairs alone, re-ranking BM25 (squad-open)", "",
+        "# A cross-encoder from question-answer pairs alone, re-ranking BM25 (squad-open)" + _setting(res), "",
         (f"Recipe run finished {res['trained_utc']}, this report rendered {env['date_utc']} on {env['cpu_model']} "
          f"({env['logical_cpus']} logical CPUs; flags {', '.join(env['cpu_flags'])}), torch {env.get('torch')}, "
          "bf16 autocast in training, float32 re-ranking; one other job shared the cores at times."), "",
@@ -128,6 +134,7 @@ def markdown(res: dict) -> str:
         "## Reading", "",
         reading(res), "",
         *distill_section(res),
+        *versus_section(res),
         "## Command", "", "```", res["command"], "```"]
     return "\n".join(lines)
 
@@ -166,6 +173,57 @@ def distill_section(res: dict) -> list[str]:
         ""]
 
 
+def _setting(res: dict, lead: str = ": ") -> str:
+    """The trainer settings that set this run apart from the `--versus` one ("" without one)."""
+    v = res.get("versus")
+    return f"{lead}{_differs(v, 0)}" if v else ""
+
+
+def _differs(v: dict, side: int) -> str:
+    """'attention_dropout 0.0' for this run (side 0) or the other (1); null is the model's own."""
+    own = "null (the model's own)"
+    return ", ".join(f"{k} {own if pair[side] is None else pair[side]}" for k, pair in v["trainer_differs"].items())
+
+
+def versus_summary(run_dir: Path, versus: Path) -> dict:
+    """This ranker against another run's on the same questions: each one's trainer settings that differ, metrics,
+    training time, and the paired per-question differences (this minus that)."""
+    import json
+
+    import yaml
+
+    mine, theirs = (yaml.safe_load((d / "config.yaml").read_text()) for d in (run_dir, versus))
+    differ = {k: [mine["trainer"].get(k), theirs["trainer"].get(k)] for k in sorted(set(mine["trainer"]) | set(theirs["trainer"]))
+              if mine["trainer"].get(k) != theirs["trainer"].get(k)}
+    other = json.loads((versus / "results.json").read_text())
+    return {"run_dir": str(versus.relative_to(REPO)) if versus.is_relative_to(REPO) else str(versus),
+            "trainer_differs": differ, "metrics": other["metrics"]["reranked"], "train_s": other["train"]["elapsed"],
+            "paired": paired_differences(run_dir, versus=versus)}
+
+
+def versus_section(res: dict) -> list[str]:
+    from distillir.evaluation.report import format_table
+
+    v = res.get("versus")
+    if not v:
+        return []
+    this, that = res["results"]["metrics"]["reranked"], v["metrics"]
+    rows = [{"ranker": f"this run ({_differs(v, 0)})",
+             **{k: this.get(k) for k in KEYS}, "training min": round(res["results"]["train"]["elapsed"] / 60, 1)},
+            {"ranker": f"`{v['run_dir']}` ({_differs(v, 1)})",
+             **{k: that.get(k) for k in KEYS}, "training min": round(v["train_s"] / 60, 1)}]
+    one = v["paired"]["Top-1"]
+    return ["## Against another ranker (same config but for the trainer settings named)", "",
+            format_table(rows), "",
+            format_table([{"metric": k, "difference (this - that)": d["mean_diff"], "± (95%)": d["half_width"],
+                           "questions better": d["better"], "questions worse": d["worse"]}
+                          for k, d in v["paired"].items()]), "",
+            (f"Top-1 {one['mean_diff']:+.3f} ± {one['half_width']:.3f} paired: "
+             + ("above, beyond the interval" if one["mean_diff"] - one["half_width"] > 0 else
+                "below, beyond the interval" if one["mean_diff"] + one["half_width"] < 0 else "within noise")
+             + ". Training minutes are each run's own, with whatever else ran beside it."), ""]
+
+
 def reading(res: dict) -> str:
     m, d = res["results"]["metrics"], res["paired"]
     b, c = m["first_stage"], m["reranked"]
@@ -175,7 +233,7 @@ def reading(res: dict) -> str:
             f"{one['half_width']:.3f}, paired) and MRR@10 from {b['MRR@10']:.3f} to {c['MRR@10']:.3f}: "
             + ("above BM25 beyond the interval" if held else "not beyond the interval")
             + f" -- the first ranker trained here that re-ranks above BM25, from no relevance label. The target set "
-            f"for it (Top-1 >= 0.85) is {0.85 - c['Top-1']:.3f} away; this is 30 minutes of CPU training on "
+            f"for it (Top-1 >= 0.85) is {0.85 - c['Top-1']:.3f} away; this is {res['results']['train']['elapsed'] / 60:.0f} minutes of CPU training on "
             f"{res['results']['train']['global_step'] * 4:,} lists, one pass over a tenth of them. Top-20 is "
             "unchanged by construction (the top 20 are re-ordered, not replaced).")
 
@@ -198,14 +256,18 @@ def main(argv=None) -> None:
                # the paired intervals re-rank once more: kept from an earlier render of the same run
                "paired": earlier.get("paired") if earlier.get("trained_utc") == trained.isoformat(timespec="seconds")
                else paired_differences(run_dir)}
-        distilled = distill_or_read(Path(args.distill_dir), run_dir)
-        res["distill"] = {k: distilled[k] for k in ("train_questions", "eval_questions", "start_metrics", "metrics",
-                                                    "rounds", "kept_round")}
+        if args.versus:
+            res["versus"] = versus_summary(run_dir, Path(args.versus))
+        else:
+            distilled = distill_or_read(Path(args.distill_dir), run_dir)
+            res["distill"] = {k: distilled[k] for k in ("train_questions", "eval_questions", "start_metrics",
+                                                        "metrics", "rounds", "kept_round")}
     m = res["results"]["metrics"]
     res["summary"] = [
         {"system": "BM25", "dataset": "squad-open", "split": "dev", "labels_used": False,
          "metrics": {k: m["first_stage"][k] for k in KEYS}},
-        {"system": f"cross-encoder (answer positives) re-ranking BM25 top-{m['rerank_top_k']}", "dataset": "squad-open",
+        {"system": f"cross-encoder (answer positives{_setting(res, ', ')}) re-ranking BM25 top-{m['rerank_top_k']}",
+         "dataset": "squad-open",
          "split": "dev", "labels_used": False, "metrics": {k: m["reranked"][k] for k in KEYS}}]
     d = res.get("distill")
     if d:
@@ -215,6 +277,11 @@ def main(argv=None) -> None:
              "metrics": {k: d["start_metrics"][k] for k in cols}},
             {"system": "MiniLM distilled from the answer-trained ranker", "dataset": "squad-open", "split": "dev",
              "labels_used": False, "metrics": {k: d["metrics"][k] for k in cols}}]
+    if res.get("versus"):
+        v = res["versus"]
+        res["summary"].append({"system": f"cross-encoder (answer positives, {v['run_dir']}) re-ranking BM25 top-"
+                                         f"{m['rerank_top_k']}", "dataset": "squad-open", "split": "dev",
+                               "labels_used": False, "metrics": {k: v["metrics"][k] for k in KEYS}})
     write_results(args.name, res, markdown(res))
 
 
