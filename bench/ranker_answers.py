@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import math
 import sys
 from pathlib import Path
@@ -70,11 +71,10 @@ def distill_or_read(distill_dir: Path, ranker_dir: Path) -> dict:
     return recipe().run(config)
 
 
-def paired_differences(run_dir: Path, ks=(1, 5), versus: Path | None = None) -> dict:
-    """Per question, answer hit@k of the re-ranked run minus BM25's (or, given `versus`, minus that ranker's
-    re-ranking of the same list): mean and 95% normal interval (paired, so tighter than the two metrics' own
-    intervals). Re-ranks again with the saved ranker(s) (same config)."""
-    from distillir.data.answers import has_answer
+@functools.cache
+def _lists(ranker_dir: Path | None):
+    """The eval questions, BM25's lists, and (given a ranker run) its re-ranking of them: each computed once per
+    process, since one float32 re-ranking of 1,000 lists takes about 9 minutes here."""
     from distillir.data.datasets import load_dataset
     from distillir.rankers.cross_encoder import CrossEncoder
     from distillir.recipes import get_recipe
@@ -86,9 +86,19 @@ def paired_differences(run_dir: Path, ks=(1, 5), versus: Path | None = None) -> 
     cfg = config.eval
     ds = load_dataset(cfg.dataset, cfg.split, max_queries=cfg.max_queries, seed=config.seed)
     first = bm25_cached(ds.corpus).search(ds.queries, top_k=cfg.depth)
-    second = rerank_run(CrossEncoder.from_pretrained(run_dir / "final"), first, ds, cfg.top_k, cfg.batch_size)
-    if versus is not None:
-        first = rerank_run(CrossEncoder.from_pretrained(versus / "final"), first, ds, cfg.top_k, cfg.batch_size)
+    if ranker_dir is None:
+        return ds, first
+    return ds, rerank_run(CrossEncoder.from_pretrained(ranker_dir / "final"), first, ds, cfg.top_k, cfg.batch_size)
+
+
+def paired_differences(run_dir: Path, ks=(1, 5), versus: Path | None = None) -> dict:
+    """Per question, answer hit@k of the re-ranked run minus BM25's (or, given `versus`, minus that ranker's
+    re-ranking of the same list): mean and 95% normal interval (paired, so tighter than the two metrics' own
+    intervals). Re-ranks again with the saved ranker(s) (same config)."""
+    from distillir.data.answers import has_answer
+
+    ds, second = _lists(run_dir)
+    first = _lists(versus)[1]
     text = dict(zip(ds.corpus.ids, ds.corpus.texts))
     answers = dict(zip(ds.queries.ids, ds.queries.answers))
 
@@ -247,6 +257,9 @@ def main(argv=None) -> None:
         res = json.loads(path.read_text())
     else:
         run_dir = Path(args.run_dir)
+        if args.versus and not all((Path(args.versus) / f).exists() for f in ("final", "config.yaml", "results.json")):
+            raise SystemExit(f"--versus {args.versus}: not a finished ranker run (it needs final/, config.yaml and "
+                             "results.json)")
         results = run_or_read(run_dir)
         trained = dt.datetime.fromtimestamp((run_dir / "results.json").stat().st_mtime, dt.timezone.utc)
         earlier = json.loads(path.read_text()) if path.is_file() else {}
