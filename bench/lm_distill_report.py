@@ -72,7 +72,7 @@ def _run_section(r: dict) -> list[str]:
         format_table([{"comparison": f"distilled - {base}", "metric": m, "difference": v["mean_diff"],
                        "± (95%)": v["half_width"], "better": v["better"], "worse": v["worse"]}
                       for base, diffs in (("start", r["paired_vs_start"]), ("BM25", r["paired_vs_bm25"]),
-                                          (f"`{r.get('versus')}` (query tower)", r.get("paired_vs_versus") or {}))
+                                          (f"`{r.get('versus')}` ({r.get('versus_short', 'query tower')})", r.get("paired_vs_versus") or {}))
                       for m, v in diffs.items()]), "",
         _reading(r), ""]
     return lines
@@ -136,7 +136,7 @@ def _reading(r: dict) -> str:
     for m, v in r["paired_vs_bm25"].items():
         parts.append(f"Against BM25, {m} {v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
     for m, v in (r.get("paired_vs_versus") or {}).items():
-        parts.append(f"Against `{r['versus']}` (the query tower alone, same lists and scores), {m} "
+        parts.append(f"Against `{r['versus']}` ({r.get('versus_label', 'the query tower alone, same lists and scores')}), {m} "
                      f"{v['mean_diff']:+.3f} ± {v['half_width']:.3f}: {_held(v)}.")
     got = r["metrics"].get(r["system"], {})
     verdicts = [f"{m} {got[m]:.3f} " + ("meets it" if got[m] >= goal else f"is {goal - got[m]:.3f} short")
