@@ -14,6 +14,7 @@ label is read for training: the train qrels only measure what each model knows.
 
     .venv/bin/python bench/ranker_scifact_lm.py              # resumable: finished runs and scorings are read
     .venv/bin/python bench/ranker_scifact_lm.py --render-only
+    .venv/bin/python bench/ranker_scifact_lm.py --teacher-run scifact_ql_gemma_512 --name ranker_scifact_lm_512
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--passes", type=int, default=1, help="passes over the teacher's lists (4 lists a step)")
     p.add_argument("--lm-claims", type=int, default=300, help="test claims the LM itself re-ranks (the first N)")
+    p.add_argument("--teacher-run", default=TEACHER_RUN, help="lm_distill.py's run whose scores teach the ranker "
+                   "(scifact_ql_gemma: 192 abstract tokens; scifact_ql_gemma_512: 512)")
     p.add_argument("--name", default="ranker_scifact_lm")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
@@ -62,16 +65,18 @@ def parse_args(argv=None):
     return args
 
 
-def teacher():
+def teacher(key: str):
     """lm_distill's Gemma run on SciFact's train claims (trained, resumed or read), its config and directory."""
     from lm_distill import RUNS, load, run_or_read
 
-    spec = RUNS[TEACHER_RUN]
+    if key not in RUNS:
+        raise SystemExit(f"--teacher-run {key}: not one of lm_distill.py's runs ({', '.join(sorted(RUNS))})")
+    spec = RUNS[key]
     _, config, out = load(spec)
     return run_or_read(spec), config, out
 
 
-def student(scores: Path, passes: int) -> tuple[dict, Path]:
+def student(scores: Path, passes: int, key: str) -> tuple[dict, Path]:
     """The student's run (trained, resumed or read) and its directory (its model is DIR/final: the results'
     own path may name a checkout that has moved)."""
     from distillir.recipes import get_recipe
@@ -80,7 +85,8 @@ def student(scores: Path, passes: int) -> tuple[dict, Path]:
 
     lists = len(read_teacher_scores(scores))
     steps = passes * math.ceil(lists / 4)
-    out = WORK_DIR / "runs" / f"ce-answers-gemma-scifact-{steps}"
+    suffix = "" if key == TEACHER_RUN else f"-{key}"
+    out = WORK_DIR / "runs" / f"ce-answers-gemma-scifact-{steps}{suffix}"
     if (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text()), out
     recipe = get_recipe("cross-encoder")
@@ -145,7 +151,7 @@ def list_orders(rankers: dict, lists, ds) -> dict:
     return orders
 
 
-def measure(passes: int, lm_claims: int) -> dict:
+def measure(passes: int, lm_claims: int, teacher_run: str = TEACHER_RUN) -> dict:
     from lm_distill import teacher_knowledge
 
     from distillir.data.datasets import load_dataset
@@ -157,9 +163,9 @@ def measure(passes: int, lm_claims: int) -> dict:
 
     if not START.is_dir():
         raise SystemExit(f"{START} is missing: run bench/ranker_answers.py first (it trains the squad-open ranker)")
-    taught, config, out = teacher()
+    taught, config, out = teacher(teacher_run)
     scores = out / "round-1" / "teacher" / "scores.jsonl"
-    trained, student_dir = student(scores, passes)
+    trained, student_dir = student(scores, passes, teacher_run)
     model = student_dir / "final"
     train = load_dataset("scifact", "train")
     lists = load_fid_examples(out / "round-1" / "retrieve" / "train.jsonl")
@@ -202,7 +208,7 @@ def measure(passes: int, lm_claims: int) -> dict:
     return {"metrics": metrics, "metrics_first": metrics_first, "paired": paired, "knowledge": knows,
             "claims": len(judged), "lm_claims": len(first), "lm_cost": lm_cost,
             "scoring": {k: v[1] for k, v in full.items()},
-            "teacher": {"run": TEACHER_RUN, "dir": str(out.relative_to(REPO)), "lists": len(lists),
+            "teacher": {"run": teacher_run, "passage_max_length": config.reader.passage_max_length, "dir": str(out.relative_to(REPO)), "lists": len(lists),
                         "scoring_wall_s": (r1.get("teacher") or {}).get("wall_s")},
             "student": {"config": RANKER_CONFIG, "start": str(START.relative_to(REPO)), "sets": STUDENT_SETS,
                         "passes": passes, "steps": trained["train"]["global_step"],
@@ -221,7 +227,7 @@ def main(argv=None) -> None:
         if not GEMMA.is_file():
             raise SystemExit(f"{GEMMA} is missing: write it as bench/lm_teacher.py's docstring says")
         data = {"benchmark": args.name, "environment": environment(), "command": command_line(),
-                **measure(args.passes, args.lm_claims)}
+                **measure(args.passes, args.lm_claims, args.teacher_run)}
         named = systems(data)
         data["summary"] = [summary_row(named[k], "scifact", "test", False, m, KEYS)
                            for k, m in data["metrics"].items()] + [

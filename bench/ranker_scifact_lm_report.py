@@ -9,13 +9,15 @@ TARGET = 0.72  # issue 14's SciFact target; its goal: above BM25
 def systems(data: dict) -> dict:
     """metrics key -> the system as the tables name it."""
     start = "squad-open ranker from QA pairs (no SciFact data)"
-    student = "that ranker after learning Gemma-3-270M's claim likelihood on SciFact train (claims only)"
+    window = (data.get("teacher") or {}).get("passage_max_length")
+    over = f" over {window} abstract tokens" if window and window != 192 else ""  # 192: the first runs' window
+    student = f"that ranker after learning Gemma-3-270M's claim likelihood{over} on SciFact train (claims only)"
     return {"BM25": "BM25 (k1 0.9, b 0.4)",
             **{f"{key} top-{k}": f"{name}, re-ranking BM25's top {k}"
                for key, name in (("start", start), ("student", student)) for k in (20, 100)},
             **{f"RRF {key} top-{k}": f"RRF(BM25, {name} re-ranking BM25's top {k})"
                for key, name in (("start", "the start"), ("student", "the student")) for k in (20, 100)},
-            "LM top-20": "Gemma-3-270M claim likelihood (the teacher), re-ranking BM25's top 20"}
+            "LM top-20": f"Gemma-3-270M claim likelihood{over} (the teacher), re-ranking BM25's top 20"}
 
 
 def _diff(p: dict) -> str:
@@ -98,7 +100,9 @@ def markdown(data: dict) -> str:
         "# A cross-encoder that learns Gemma-3-270M's claim likelihood, re-ranking BM25 on SciFact test", "",
         (f"Rendered {env['date_utc']} on {env['cpu_model']} ({env['logical_cpus']} logical CPUs; flags "
          f"{', '.join(env['cpu_flags'])}), torch {env.get('torch')}. No relevance label is read for training: the "
-         f"teacher is Gemma-3-270M's log p(claim | abstract) over the lists of 10 of {t['lists']} train claims "
+         f"teacher is Gemma-3-270M's log p(claim | abstract)"
+         + (f" (up to {t['passage_max_length']} tokens of each abstract read)" if t.get("passage_max_length") else "")
+         + f" over the lists of 10 of {t['lists']} train claims "
          f"(lm_distill.py's `{t['run']}` run, `{t['dir']}`; scored in {minutes(t['scoring_wall_s'])}); the student "
          f"starts from the squad-open ranker trained from QA pairs alone (`{s['start']}`, bench/ranker_answers.py) "
          f"and learns those lists with `teacher.scores` (KL to the z-scored teacher) on `{s['config']}` with "
