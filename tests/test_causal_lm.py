@@ -113,6 +113,26 @@ def test_pdist_and_question_likelihood_teachers(reader):
         lm_teacher_scores(reader, ex, "attention")
 
 
+def test_the_passage_window_counts_what_it_cuts(reader, caplog):
+    from distillir.recipes.common.reading import passage_window
+
+    # Title and text, in MiniLM tokens: Paris 8, Berlin 8, the untitled plants passage 5.
+    reader.passage_max_tokens = 8
+    before = (reader.passages_read, reader.passages_cut)
+    lm_teacher_scores(reader, examples(), "question_likelihood", progress=None)
+    assert (reader.passages_read - before[0], reader.passages_cut - before[1]) == (3, 0)
+    with caplog.at_level("WARNING"):
+        assert passage_window(reader, before, "round-1") == {"passages": 3, "cut": 0, "max_tokens": 8}
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    reader.passage_max_tokens = 7
+    before = (reader.passages_read, reader.passages_cut)
+    lm_teacher_scores(reader, examples(), "question_likelihood", progress=None)
+    with caplog.at_level("WARNING"):
+        assert passage_window(reader, before, "round-1") == {"passages": 3, "cut": 2, "max_tokens": 7}
+    assert "round-1: 2 of 3 passages (67%) were cut to 7 tokens" in caplog.text
+    assert passage_window(object(), (0, 0)) is None  # a FiD reader keeps no counts
+
+
 def test_score_cache_resumes_a_killed_scoring_run(reader, tmp_path, monkeypatch):
     path = tmp_path / "cache.jsonl"
     pairs = [(reader.question_prompt("", f"passage number {i}."), f"question {i}") for i in range(6)]

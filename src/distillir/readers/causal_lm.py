@@ -67,6 +67,10 @@ class CausalLMReader:
         self.prompts = prompts or PromptTemplate()
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.passage_max_tokens = passage_max_tokens
+        # Passages put into prompts, and of them those cut to passage_max_tokens: a teacher stage reports the share
+        # (a window that hides most of each passage hides what the question was written from).
+        self.passages_read = 0
+        self.passages_cut = 0
         self.chat = bool(tokenizer.chat_template) if self.prompts.chat is None else self.prompts.chat
         if self.chat and not tokenizer.chat_template:
             raise ConfigError(f"{self.name}: prompts.chat is true but the tokenizer has no chat template")
@@ -112,7 +116,9 @@ class CausalLMReader:
     def _passage(self, title: str, text: str) -> str:
         passage = f"{title}\n{text}" if title else text
         ids = self.tokenizer(passage, add_special_tokens=False)["input_ids"]
+        self.passages_read += 1
         if len(ids) > self.passage_max_tokens:
+            self.passages_cut += 1
             passage = self.tokenizer.decode(ids[: self.passage_max_tokens])
         return passage
 

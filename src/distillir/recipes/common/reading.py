@@ -224,16 +224,34 @@ def score_lists(reader, examples: Sequence[dict], cfg: ReaderConfig, aggregation
     """A teacher stage: `reader_teacher` over the lists (under torchrun each process scores its share), the
     scores written to `path`, and what the teacher knows (`answer_hits`), warned about when it knows less
     than the retriever that built the lists."""
+    before = (getattr(reader, "passages_read", 0), getattr(reader, "passages_cut", 0))
     scores = score_across_processes(
         lambda part: reader_teacher(reader, part, cfg, aggregation, n_passages, layers=layers), examples)
     scores.write(path)
+    window = passage_window(reader, before, label)
     hits = answer_hits(scores, examples)
     if hits["answer_lists"] and hits["teacher_hit@1"] <= hits["retriever_hit@1"]:
         logger.warning("%s: the teacher's top passage holds an answer in %.1f%% of lists, the retriever's own "
                        "first passage in %.1f%%: this teacher knows less than the retriever it teaches (train "
                        "the reader longer, or use another aggregation)", label, 100 * hits["teacher_hit@1"],
                        100 * hits["retriever_hit@1"])
-    return {"teacher": scores.teacher, "questions": len(scores), "file": str(path), "answer_hits": hits}
+    return {"teacher": scores.teacher, "questions": len(scores), "file": str(path), "answer_hits": hits,
+            **({"passage_window": window} if window else {})}
+
+
+def passage_window(reader, before: tuple[int, int], label: str = "") -> dict[str, Any] | None:
+    """How many passages a causal-LM reader read since `before` (its counts then) and how many of them its
+    window (reader.passage_max_length) cut; warned about when most were cut. None for a reader without counts."""
+    if not hasattr(reader, "passages_read"):
+        return None
+    read, cut = reader.passages_read - before[0], reader.passages_cut - before[1]
+    if not read:
+        return None
+    if cut / read > 0.5:
+        logger.warning("%s: %d of %d passages (%.0f%%) were cut to %d tokens before the LM read them: it scores "
+                       "from their beginnings only; reader.passage_max_length raises the window (cost grows with it)",
+                       label, cut, read, 100 * cut / read, reader.passage_max_tokens)
+    return {"passages": read, "cut": cut, "max_tokens": reader.passage_max_tokens}
 
 
 def list_teacher(kind: str, examples: Sequence[dict], path: Path, *, ranker: str | None = None,
@@ -280,6 +298,7 @@ __all__ = [
     "inference_autocast",
     "list_teacher",
     "load_eval_split",
+    "passage_window",
     "qa_queries",
     "qa_training_split",
     "read_answers",
