@@ -21,6 +21,7 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   scifact_ql_both  scifact_ql with both towers trained (bf16 where native, attention dropout off)
   scifact_gemma_both  scifact_ql_gemma's scores into both towers, the same way (student only)
   scifact_ql_gemma_512  scifact_ql_gemma with up to 512 tokens of each abstract read (192 in the others)
+  scifact_gemma512_q200, _q400  scifact_ql_gemma_512's scores over 200 / 400 of the claims (student only)
   squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
 """
 
@@ -51,6 +52,7 @@ SQUAD = "configs/fid-kd-smollm2-squad-cpu.yaml"
 BOTH_SETS = ["retriever.train_passages=true", "retriever.trainer.mixed_precision=native",
              "retriever.trainer.attention_dropout=0"]
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
+GEMMA512_SCORES = WORK_DIR / "runs" / "fid-kd-gemma-scifact-512" / "round-1" / "teacher" / "scores.jsonl"
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
@@ -110,6 +112,19 @@ RUNS = {
                              "versus_label": "the same teacher reading 192 tokens of each abstract, same lists and student",
                              "system": "MiniLM distilled from Gemma-3-270M claim likelihood over 512 abstract tokens (claims only)",
                              "needs": GEMMA},
+    # How many claims the student needs: scifact_ql_gemma_512's scores over its first N lists (a seeded sample of
+    # the claims), the same 91 steps (so more passes over fewer lists).
+    **{f"scifact_gemma512_q{n}": {
+        "config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": f"scale-gemma512-q{n}",
+        "lists_dir": "fid-kd-gemma-scifact-512",
+        "sets": [f"max_train_queries={n}", f"teacher_scores={GEMMA512_SCORES}", *GEMMA_SETS,
+                 "reader.passage_max_length=512"],
+        "versus": "scifact_ql_gemma_512", "versus_short": "809 claims",
+        "versus_label": "the same teacher's scores over all 809 claims' lists, same steps",
+        "system": f"MiniLM distilled from Gemma-3-270M claim likelihood over 512 abstract tokens, {n} claims",
+        "note": f"a seeded sample of {n} train claims, scifact_ql_gemma_512's scores of their lists (the teacher "
+                "table counts all 809 lists)",
+        "needs": GEMMA512_SCORES} for n in (200, 400)},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
                        "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
