@@ -22,6 +22,7 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   scifact_gemma_both  scifact_ql_gemma's scores into both towers, the same way (student only)
   scifact_ql_gemma_512  scifact_ql_gemma with up to 512 tokens of each abstract read (192 in the others)
   scifact_gemma512_q200, _q400  scifact_ql_gemma_512's scores over 200 / 400 of the claims (student only)
+  scifact_gold_lists  the labelled line: the train qrels as 0/1 scores over the same lists (labels)
   squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
 """
 
@@ -53,6 +54,7 @@ BOTH_SETS = ["retriever.train_passages=true", "retriever.trainer.mixed_precision
              "retriever.trainer.attention_dropout=0"]
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 GEMMA512_SCORES = WORK_DIR / "runs" / "fid-kd-gemma-scifact-512" / "round-1" / "teacher" / "scores.jsonl"
+GOLD_SCORES = WORK_DIR / "runs" / "gold-lists-scifact" / "round-1" / "teacher" / "scores.jsonl"
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
@@ -125,6 +127,16 @@ RUNS = {
         "note": f"a seeded sample of {n} train claims, scifact_ql_gemma_512's scores of their lists (the teacher "
                 "table counts all 809 lists)",
         "needs": GEMMA512_SCORES} for n in (200, 400)},
+    # The labelled line for this student path: the same 809 lists, each passage scored 1 if the train qrels call it
+    # relevant, else 0 (lists with none are skipped as uniform): what a perfect teacher of these lists would give.
+    "scifact_gold_lists": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gold-scifact",
+                           "lists_dir": "gold-lists-scifact", "labels": True,
+                           "sets": [f"teacher_scores={GOLD_SCORES}", *GEMMA_SETS, "reader.passage_max_length=512"],
+                           "versus": "scifact_ql_gemma_512", "versus_short": "Gemma 512",
+                           "versus_label": "Gemma's 512-token scores of the same lists, same student",
+                           "system": "MiniLM taught the train qrels (gold) over the same lists (labels)",
+                           "note": "labels: the train qrels as 0/1 scores over scifact_ql_gemma_512's lists",
+                           "prepare": "gold", "needs": GEMMA512_SCORES},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
                        "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
@@ -158,7 +170,32 @@ def load(spec: dict):
     return recipe, config, out
 
 
+def gold_list_scores() -> None:
+    """GOLD_SCORES: scifact_ql_gemma_512's lists, each passage 1 if SciFact's train qrels call it relevant, else 0
+    (the lists beside it, so the teacher table reads them)."""
+    import shutil
+
+    from distillir.data.datasets import load_dataset
+    from distillir.readers.fid_data import load_fid_examples
+    from distillir.teachers.scores import TeacherScores
+
+    if GOLD_SCORES.is_file():
+        return
+    lists = GEMMA512_SCORES.parents[1] / "retrieve" / "train.jsonl"
+    qrels = load_dataset("scifact", "train").qrels
+    gold = TeacherScores("train qrels (labels)")
+    for ex in load_fid_examples(lists):
+        pids = [str(c["id"]) for c in ex["ctxs"][:10]]
+        rel = qrels.get(str(ex["id"]), {})
+        gold.add(str(ex["id"]), pids, [float(rel.get(p, 0) > 0) for p in pids], query=ex["question"])
+    (GOLD_SCORES.parents[1] / "retrieve").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lists, GOLD_SCORES.parents[1] / "retrieve" / "train.jsonl")
+    gold.write(GOLD_SCORES)
+
+
 def run_or_read(spec: dict) -> dict:
+    if spec.get("prepare") == "gold":
+        gold_list_scores()
     recipe, config, out = load(spec)
     path = out / "results.json"
     if path.is_file() and json.loads(path.read_text()).get("complete"):
@@ -273,6 +310,8 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
     if config.dataset == "squad-open":
         systems.update(reference_runs(config, ds, ev.top_k))
         labelled = {name for name in systems if "gold" in name}
+    if spec.get("labels"):
+        labelled |= {name for name in systems if "gold" in name}
     metrics = {name: evaluate_retrieval(run, ds) for name, run in systems.items()}
     focus = ("Top-1", "Top-5") if config.dataset == "squad-open" else ("nDCG@10",)
     diffs = {m: paired_difference(per_query(start, ds, m), per_query(distilled, ds, m)) for m in focus}

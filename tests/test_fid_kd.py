@@ -151,6 +151,31 @@ def test_distilling_fixed_teacher_scores_raises_agreement(fidkd_env, tiny_bert_d
     assert after["spearman"] > before["spearman"] and after["top1"] == 1.0
 
 
+def test_a_score_file_is_cut_to_the_sampled_questions(fidkd_env, tiny_bert_dir, tmp_path):
+    """max_train_queries samples the training questions; a score file over all of them trains on that sample
+    only (it used to train on every list of the file while the results named the sample)."""
+    from distillir.errors import InputError
+    from distillir.teachers import TeacherScores
+
+    _, data = fidkd_env
+    scores = TeacherScores("handmade")
+    for i in range(len(FACTS)):
+        scores.add(f"t{i}", [f"p{i}a", f"p{i}b", f"p{(i + 1) % 6}a"], [2.0, 0.0, -1.0])
+    path = tmp_path / "scores.jsonl"
+    scores.write(path)
+    sets = ("rounds=1", "eval=null", "retriever.agreement_sample=0",
+            "retriever.trainer={per_device_batch_size: 2, max_steps: 1, save_steps: 0, log_steps: 1}")
+    results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "run", f"teacher_scores={path}",
+                                              "max_train_queries=2", *sets))
+    assert results["train_questions"] == 2 and results["rounds"][0]["retriever"]["lists"] == 2
+    other = TeacherScores("elsewhere")
+    other.add("not-a-training-question", ["p0a", "p1a"], [1.0, 0.0], query="who?")
+    other.write(tmp_path / "other.jsonl")
+    with pytest.raises(InputError, match="none of its 1 questions is among the 2 sampled training questions"):
+        FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "other", f"teacher_scores={tmp_path / 'other.jsonl'}",
+                                        "max_train_queries=2", *sets))
+
+
 @pytest.mark.parametrize(("loss", "in_batch"), [("mse", False), ("margin", False), ("kl", True), ("mse", True)])
 def test_other_losses_train(fidkd_env, tiny_bert_dir, tmp_path, reference, loss, in_batch):
     _, data = fidkd_env

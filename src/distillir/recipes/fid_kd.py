@@ -53,7 +53,7 @@ from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Re
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
-from distillir.teachers.scores import read_teacher_scores
+from distillir.teachers.scores import read_teacher_scores, within_sample
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
@@ -374,6 +374,8 @@ class FiDKDRecipe(Recipe):
         given = config.teacher_scores not in (None, *MODEL_FREE)
         source = Path(config.teacher_scores) if given else rd / "teacher" / SCORES_FILE
         scores = read_teacher_scores(source, corpus=self.corpus)
+        if given and config.max_train_queries is not None:  # the question sample bounds a score file's lists too
+            scores = within_sample(scores, self.train_queries, source)
         examples = list_examples(scores, self.train_queries, self.corpus, source, normalize=config.teacher.normalize,
                                  scale=config.teacher.scale, skip_uniform=config.teacher.skip_uniform)
         if not examples:

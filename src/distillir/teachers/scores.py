@@ -109,6 +109,16 @@ def _row_problem(pids: list[str], scores: list[float]) -> tuple[str, str] | None
     return None
 
 
+def within_sample(scores: TeacherScores, queries, source: str | Path | None = None):
+    """The lists of `scores` whose question is one of `queries` (a sample of the training questions: a score
+    file made over all of them is cut to the sample, not used whole); an error naming the file if none is."""
+    keep = [q for q in scores if q in queries.index_of]
+    if not keep:
+        raise InputError(source, f"none of its {len(scores)} questions is among the {len(queries)} sampled training "
+                         "questions (max_train_queries)", field="qid")
+    return scores.subset(keep)
+
+
 def write_teacher_scores(path: str | Path, scores: TeacherScores) -> None:
     """Write `scores` in the teacher-score JSONL format (atomically)."""
     with atomic_write(path) as f:
