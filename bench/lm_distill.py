@@ -124,8 +124,7 @@ RUNS = {
         "versus": "scifact_ql_gemma_512", "versus_short": "809 claims",
         "versus_label": "the same teacher's scores over all 809 claims' lists, same steps",
         "system": f"MiniLM distilled from Gemma-3-270M claim likelihood over 512 abstract tokens, {n} claims",
-        "note": f"a seeded sample of {n} train claims, scifact_ql_gemma_512's scores of their lists (the teacher "
-                "table counts all 809 lists)",
+        "note": f"a seeded sample of {n} train claims, scifact_ql_gemma_512's scores of their lists",
         "needs": GEMMA512_SCORES} for n in (200, 400)},
     # The labelled line for this student path: the same 809 lists, each passage scored 1 if the train qrels call it
     # relevant, else 0 (lists with none are skipped as uniform): what a perfect teacher of these lists would give.
@@ -221,6 +220,7 @@ def teacher_knowledge(config, out: Path, k: int = 1, extra_orders: dict | None =
     lists = load_fid_examples(rd / "retrieve" / "train.jsonl")
     scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
     ds = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries, seed=config.seed)
+    lists = [ex for ex in lists if str(ex["id"]) in ds.queries.index_of]  # a run on a sample: its lists only
     queries = ds.queries.subset([str(ex["id"]) for ex in lists])
     n = config.n_passages
     runs = {"BM25": bm25_cached(ds.corpus).search(queries, top_k=n),
