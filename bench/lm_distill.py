@@ -23,6 +23,8 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   scifact_ql_gemma_512  scifact_ql_gemma with up to 512 tokens of each abstract read (192 in the others)
   scifact_gemma512_q200, _q400  scifact_ql_gemma_512's scores over 200 / 400 of the claims (student only)
   scifact_gold_lists  the labelled line: the train qrels as 0/1 scores over the same lists (labels)
+  scifact_gemma512_confident, scifact_ql_confident  the 512-token Gemma's / SmolLM2's scores, the surest half of
+               the lists only (teacher.keep_confident 0.5; student only)
   squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
 """
 
@@ -55,6 +57,7 @@ BOTH_SETS = ["retriever.train_passages=true", "retriever.trainer.mixed_precision
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 GEMMA512_SCORES = WORK_DIR / "runs" / "fid-kd-gemma-scifact-512" / "round-1" / "teacher" / "scores.jsonl"
 GOLD_SCORES = WORK_DIR / "runs" / "gold-lists-scifact" / "round-1" / "teacher" / "scores.jsonl"
+SMOLLM2_SCORES = WORK_DIR / "runs" / "fid-kd-smollm2-scifact" / "round-1" / "teacher" / "scores.jsonl"
 RUNS = {
     "squad_ql": {"config": SQUAD, "dir": "fid-kd-smollm2-ql-1k",
                  "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood"],
@@ -136,6 +139,25 @@ RUNS = {
                            "system": "MiniLM taught the train qrels (gold) over the same lists (labels)",
                            "note": "labels: the train qrels as 0/1 scores over scifact_ql_gemma_512's lists",
                            "prepare": "gold", "needs": GEMMA512_SCORES},
+    # The teacher's surest half of the lists only (teacher.keep_confident 0.5: the widest lead of its first passage
+    # over its second), with the same steps: fewer lists, far more often right (student only; no new scoring).
+    "scifact_gemma512_confident": {
+        "config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma-scifact-512-confident",
+        "lists_dir": "fid-kd-gemma-scifact-512",
+        "sets": [f"teacher_scores={GEMMA512_SCORES}", "teacher.keep_confident=0.5", *GEMMA_SETS,
+                 "reader.passage_max_length=512"],
+        "versus": "scifact_ql_gemma_512", "versus_short": "all lists",
+        "versus_label": "the same teacher's scores over all the lists, same steps",
+        "system": "MiniLM distilled from Gemma-3-270M claim likelihood over 512 abstract tokens, its surest half",
+        "needs": GEMMA512_SCORES},
+    "scifact_ql_confident": {
+        "config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-smollm2-scifact-confident",
+        "lists_dir": "fid-kd-smollm2-scifact",
+        "sets": [f"teacher_scores={SMOLLM2_SCORES}", "teacher.keep_confident=0.5"],
+        "versus": "scifact_ql", "versus_short": "all lists",
+        "versus_label": "the same teacher's scores over all the lists, same steps",
+        "system": "MiniLM distilled from SmolLM2 claim likelihood, its surest half of the lists (claims only)",
+        "needs": SMOLLM2_SCORES},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
                        "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",

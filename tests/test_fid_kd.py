@@ -168,6 +168,9 @@ def test_a_score_file_is_cut_to_the_sampled_questions(fidkd_env, tiny_bert_dir, 
     results = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "run", f"teacher_scores={path}",
                                               "max_train_queries=2", *sets))
     assert results["train_questions"] == 2 and results["rounds"][0]["retriever"]["lists"] == 2
+    half = FiDKDRecipe().run(fid_kd_config(tiny_bert_dir, data, tmp_path / "half", f"teacher_scores={path}",
+                                           "teacher.keep_confident=0.5", *sets))
+    assert half["rounds"][0]["retriever"]["lists"] == len(FACTS) // 2  # the teacher's surest half
     other = TeacherScores("elsewhere")
     other.add("not-a-training-question", ["p0a", "p1a"], [1.0, 0.0], query="who?")
     other.write(tmp_path / "other.jsonl")

@@ -167,6 +167,32 @@ def test_in_memory_container_checks():
         scores.add("q9", ["p1"], [])
 
 
+def test_most_confident_keeps_the_lists_with_the_widest_lead():
+    from distillir.teachers.scores import most_confident
+
+    scores = TeacherScores("hand")
+    # Leads of the first over the second, in population standard deviations of each list:
+    scores.add("a", ["p1", "p2", "p3"], [3.0, 0.0, 0.0])  # std sqrt(2): lead 3 / 1.414 = 2.12
+    scores.add("b", ["p1", "p2", "p3"], [1.0, 0.9, 0.0])  # std 0.45: lead 0.1 / 0.45 = 0.22
+    scores.add("c", ["p1", "p2"], [2.0, 2.0])  # equal: last
+    scores.add("d", ["p1", "p2", "p3", "p4"], [0.0, 0.0, 0.0, 4.0])  # std sqrt(3): lead 4 / 1.732 = 2.31
+    scores.add("e", ["p1"], [1.0])  # one passage: last
+    assert list(most_confident(scores, 0.4)) == ["a", "d"]  # file order kept
+    assert list(most_confident(scores, 0.6)) == ["a", "b", "d"]
+    assert list(most_confident(scores, 0.01)) == ["d"]  # at least one list
+    assert list(most_confident(scores, 1.0)) == ["a", "b", "c", "d", "e"]
+    assert most_confident(scores, 0.4)["d"] == (["p1", "p2", "p3", "p4"], [0.0, 0.0, 0.0, 4.0])
+
+
+def test_keep_confident_must_be_a_fraction():
+    from distillir.recipes.fid_kd import FiDKDConfig
+    from distillir.training.config import load_config
+
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(ConfigError, match="teacher.keep_confident must be in"):
+            load_config(FiDKDConfig, None, [f"teacher.keep_confident={bad}"])
+
+
 def test_write_is_atomic(tmp_path):
     path = tmp_path / "teacher.jsonl"
     write_teacher_scores(path, sample_scores())

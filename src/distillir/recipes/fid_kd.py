@@ -53,7 +53,7 @@ from distillir.recipes.common.run import FINAL_DIR, METRICS_FILE, STAGES_DIR, Re
 from distillir.retrievers.bm25 import bm25_cached
 from distillir.retrievers.dense.retriever import DenseRetriever
 from distillir.retrievers.hybrid import union_of_tops
-from distillir.teachers.scores import read_teacher_scores, within_sample
+from distillir.teachers.scores import most_confident, read_teacher_scores, within_sample
 from distillir.utils.io import write_json
 from distillir.utils.log import get_logger
 
@@ -100,6 +100,9 @@ class FiDKDTeacher:
     scale: float = 5.0
     # Leave out lists whose teacher scores are all equal (no signal; an answer teacher's list without an answer).
     skip_uniform: bool = True
+    # Keep this fraction of the lists, those where the teacher's first passage leads its second by the most
+    # (z-scored); null: all. A teacher is right far more often where it is sure (teachers.scores.most_confident).
+    keep_confident: float | None = None
     ranker: str | None = None  # teacher_scores: ranker -- the cross-encoder (hub id or path) scoring each list
     ranker_max_length: int = 256
     ranker_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has it natively
@@ -107,6 +110,8 @@ class FiDKDTeacher:
     def __post_init__(self) -> None:
         if self.scale <= 0:
             raise ConfigError(f"teacher.scale must be positive, got {self.scale}")
+        if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
+            raise ConfigError(f"teacher.keep_confident must be in (0, 1] (or null), got {self.keep_confident}")
 
 
 @dataclass
@@ -376,6 +381,8 @@ class FiDKDRecipe(Recipe):
         scores = read_teacher_scores(source, corpus=self.corpus)
         if given and config.max_train_queries is not None:  # the question sample bounds a score file's lists too
             scores = within_sample(scores, self.train_queries, source)
+        if config.teacher.keep_confident is not None:
+            scores = most_confident(scores, config.teacher.keep_confident)
         examples = list_examples(scores, self.train_queries, self.corpus, source, normalize=config.teacher.normalize,
                                  scale=config.teacher.scale, skip_uniform=config.teacher.skip_uniform)
         if not examples:

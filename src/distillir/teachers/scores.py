@@ -119,6 +119,26 @@ def within_sample(scores: TeacherScores, queries, source: str | Path | None = No
     return scores.subset(keep)
 
 
+def most_confident(scores: TeacherScores, fraction: float) -> TeacherScores:
+    """The `fraction` of lists (at least one) where the teacher is surest of its first passage: the largest gap
+    between its first and second z-scored score; lists of one passage or with equal scores rank last. On SciFact
+    train Gemma-3-270M's first passage is relevant in 0.96 of its surest half of lists against 0.77 of all of them
+    (bench/lm_distill.py `scifact_gemma512_confident`): a sure teacher is a better one."""
+
+    def margin(qid: str) -> float:
+        values = sorted(scores[qid][1], reverse=True)
+        if len(values) < 2:
+            return float("-inf")
+        mean = math.fsum(values) / len(values)
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+        return (values[0] - values[1]) / std if std > 0 else float("-inf")
+
+    keep = max(1, round(fraction * len(scores)))
+    ranked = sorted(scores, key=margin, reverse=True)[:keep]
+    chosen = set(ranked)
+    return scores.subset([q for q in scores if q in chosen])  # file order kept
+
+
 def write_teacher_scores(path: str | Path, scores: TeacherScores) -> None:
     """Write `scores` in the teacher-score JSONL format (atomically)."""
     with atomic_write(path) as f:
