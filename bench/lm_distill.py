@@ -243,6 +243,12 @@ def teacher_knowledge(config, out: Path, k: int = 1, extra_orders: dict | None =
     scores = read_teacher_scores(rd / "teacher" / "scores.jsonl")
     ds = load_dataset(config.dataset, config.train_split, max_queries=config.max_train_queries, seed=config.seed)
     lists = [ex for ex in lists if str(ex["id"]) in ds.queries.index_of]  # a run on a sample: its lists only
+    if config.teacher.keep_confident is not None:  # a run on the teacher's surest lists: those lists only
+        from distillir.teachers.scores import most_confident
+
+        kept = set(most_confident(scores.subset([q for q in scores if q in ds.queries.index_of]),
+                                  config.teacher.keep_confident))
+        lists = [ex for ex in lists if str(ex["id"]) in kept]
     queries = ds.queries.subset([str(ex["id"]) for ex in lists])
     n = config.n_passages
     runs = {"BM25": bm25_cached(ds.corpus).search(queries, top_k=n),
