@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # Shown in this order; a missing file is skipped (its benchmark has not been run here).
-SECTIONS = ["retrieval_quality", "speed", "train_step", "malloc_step", "ranker_answers", "ranker_answers_dropout0", "ranker_lm", "ranker_lm_gemma", "ranker_lm_gemma_500", "ranker_scifact", "ranker_scifact_lm", "distill_student", "lm_teacher", "lm_teacher_gemma", "lm_distill", "re2g", "dgr", "dgr_long", "fid_kd", "cotraining_scifact", "cotraining_squad_open", "cotraining_squad_open_ce_answers", "fid_kd_gpu", "scaling"]
+SECTIONS = ["retrieval_quality", "speed", "train_step", "malloc_step", "ranker_answers", "ranker_answers_dropout0", "ranker_lm", "ranker_lm_gemma", "ranker_lm_gemma_500", "ranker_scifact", "ranker_scifact_lm", "ranker_scifact_lm_512", "distill_student", "lm_teacher", "lm_teacher_gemma", "lm_distill", "re2g", "dgr", "dgr_long", "fid_kd", "cotraining_scifact", "cotraining_squad_open", "cotraining_squad_open_ce_answers", "fid_kd_gpu", "scaling"]
 START, END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 
 
