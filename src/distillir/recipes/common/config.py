@@ -255,10 +255,48 @@ class EncodeConfig:
     batch_size: int = 64
 
 
+@dataclass
+class FiDKDTeacher:
+    """fid-kd's `teacher` section: how each list is scored and how the scores become the student's targets."""
+
+    # A FiD reader's attention or likelihood aggregations; with `reader.kind: causal-lm`: pdist (log p(answer |
+    # passage, question)), question_likelihood (log p(question | passage): no answers needed), attention (the
+    # answer's attention over each passage of the concatenated context: `teachers.lm_attention`) or loop (the
+    # answer's loss rise without each passage of that context: `teachers.lm_loop`).
+    aggregation: Literal["fid", "post_softmax", "all_tokens", "max", "adist", "pdist", "loop",
+                         "question_likelihood", "attention"] = "fid"
+    layers: list[int] | None = None  # decoder layers for attention aggregations (negative from the end); null: all
+    # How the raw scores become the distillation target T, per question, before the loss (the score file keeps
+    # the raw scores). none: as they are (the paper). zscore: (T - mean) / std over the question's list, which
+    # makes the target's sharpness independent of the reader's attention scale (a barely trained or BERT-style
+    # reader's mean attention logits differ by ~0.01 across passages: softmax(T) would be uniform).
+    # zscore is the default: raw 0/1 answer targets collapse the student (bench/distill_student.py).
+    normalize: Literal["none", "zscore"] = "zscore"
+    # Multiplies the (normalised) scores: an inverse temperature on the teacher side only. 5: z-scores at
+    # temperature 1 are far softer than the student's cosine x 20 (measured +0.072 Top-5 alone; the paper: 1).
+    scale: float = 5.0
+    # Leave out lists whose teacher scores are all equal (no signal; an answer teacher's list without an answer).
+    skip_uniform: bool = True
+    # Keep this fraction of the lists, those where the teacher's first passage leads its second by the most
+    # (z-scored); null: all. A teacher is right more often where it is sure, but those lists are the easy ones
+    # (measured on SciFact: no gain; teachers.scores.most_confident).
+    keep_confident: float | None = None
+    ranker: str | None = None  # teacher_scores: ranker -- the cross-encoder (hub id or path) scoring each list
+    ranker_max_length: int = 256
+    ranker_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has it natively
+
+    def __post_init__(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError(f"teacher.scale must be positive, got {self.scale}")
+        if self.keep_confident is not None and not 0 < self.keep_confident <= 1:
+            raise ConfigError(f"teacher.keep_confident must be in (0, 1] (or null), got {self.keep_confident}")
+
+
 __all__ = [
     "CausalLMConfig",
     "EncodeConfig",
     "EvalConfig",
+    "FiDKDTeacher",
     "PipelineEvalConfig",
     "RankerWarmup",
     "ReaderConfig",
