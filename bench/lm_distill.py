@@ -23,6 +23,7 @@ Runs (each a shipped config plus the overrides in RUNS, output under bench/work/
   scifact_ql_gemma_512  scifact_ql_gemma with up to 512 tokens of each abstract read (192 in the others)
   scifact_gemma512_q200, _q400  scifact_ql_gemma_512's scores over 200 / 400 of the claims (student only)
   scifact_gold_lists  the labelled line: the train qrels as 0/1 scores over the same lists (labels)
+  scifact_gemma512_top1  Gemma-512's first passage of each list as a 0/1 target (the gold targets' form)
   scifact_gemma512_confident, scifact_ql_confident  the 512-token Gemma's / SmolLM2's scores, the surest half of
                the lists only (teacher.keep_confident 0.5; student only)
   squad_ql_gemma  squad_ql with Gemma-3-270M as the LM
@@ -56,6 +57,7 @@ BOTH_SETS = ["retriever.train_passages=true", "retriever.trainer.mixed_precision
              "retriever.trainer.attention_dropout=0"]
 SQUAD_SETS = ["max_train_queries=1000", "rounds=1", "retriever.trainer.max_steps=63", "eval.reader=false"]
 GEMMA512_SCORES = WORK_DIR / "runs" / "fid-kd-gemma-scifact-512" / "round-1" / "teacher" / "scores.jsonl"
+TOP1_SCORES = WORK_DIR / "runs" / "top1-lists-scifact" / "round-1" / "teacher" / "scores.jsonl"
 GOLD_SCORES = WORK_DIR / "runs" / "gold-lists-scifact" / "round-1" / "teacher" / "scores.jsonl"
 SMOLLM2_SCORES = WORK_DIR / "runs" / "fid-kd-smollm2-scifact" / "round-1" / "teacher" / "scores.jsonl"
 RUNS = {
@@ -158,6 +160,15 @@ RUNS = {
         "versus_label": "the same teacher's scores over all the lists, same steps",
         "system": "MiniLM distilled from SmolLM2 claim likelihood, its surest half of the lists (claims only)",
         "needs": SMOLLM2_SCORES},
+    # Gemma's first passage of each list as a 0/1 target, the gold run's form with the teacher's knowledge (all 809
+    # lists: choosing those with a relevant passage would read the labels): is it the targets' form or their truth?
+    "scifact_gemma512_top1": {"config": "configs/fid-kd-smollm2-scifact-cpu.yaml", "dir": "fid-kd-gemma512-top1-scifact",
+                              "lists_dir": "top1-lists-scifact",
+                              "sets": [f"teacher_scores={TOP1_SCORES}", *GEMMA_SETS, "reader.passage_max_length=512"],
+                              "versus": "scifact_gold_lists", "versus_short": "gold 0/1",
+                              "versus_label": "the train qrels as 0/1 targets over the same lists (labels)",
+                              "system": "MiniLM taught Gemma-3-270M's first passage of each list as a 0/1 target (claims only)",
+                              "prepare": "top1", "needs": GEMMA512_SCORES},
     "squad_ql_gemma": {"config": SQUAD, "dir": "fid-kd-gemma-ql-1k",
                        "sets": [*SQUAD_SETS, "teacher.aggregation=question_likelihood", *GEMMA_SETS],
                        "system": "MiniLM distilled from Gemma-3-270M question likelihood (questions only)",
@@ -191,32 +202,41 @@ def load(spec: dict):
     return recipe, config, out
 
 
-def gold_list_scores() -> None:
-    """GOLD_SCORES: scifact_ql_gemma_512's lists, each passage 1 if SciFact's train qrels call it relevant, else 0
-    (the lists beside it, so the teacher table reads them)."""
+def derived_list_scores(kind: str) -> Path:
+    """0/1 scores over scifact_ql_gemma_512's lists, with the lists beside them (so the teacher table reads them):
+    "gold": 1 where SciFact's train qrels call a passage relevant (labels); "top1": 1 for Gemma's first passage
+    of each list (no labels: the teacher's knowledge in the gold targets' form)."""
     import shutil
 
     from distillir.data.datasets import load_dataset
     from distillir.readers.fid_data import load_fid_examples
-    from distillir.teachers.scores import TeacherScores
+    from distillir.teachers.scores import TeacherScores, read_teacher_scores
 
-    if GOLD_SCORES.is_file():
-        return
+    path = GOLD_SCORES if kind == "gold" else TOP1_SCORES
+    if path.is_file():
+        return path
     lists = GEMMA512_SCORES.parents[1] / "retrieve" / "train.jsonl"
-    qrels = load_dataset("scifact", "train").qrels
-    gold = TeacherScores("train qrels (labels)")
+    qrels = load_dataset("scifact", "train").qrels if kind == "gold" else {}
+    gemma = read_teacher_scores(GEMMA512_SCORES) if kind == "top1" else {}
+    out = TeacherScores("train qrels (labels)" if kind == "gold" else "Gemma-512's first passage")
     for ex in load_fid_examples(lists):
-        pids = [str(c["id"]) for c in ex["ctxs"][:10]]
-        rel = qrels.get(str(ex["id"]), {})
-        gold.add(str(ex["id"]), pids, [float(rel.get(p, 0) > 0) for p in pids], query=ex["question"])
-    (GOLD_SCORES.parents[1] / "retrieve").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(lists, GOLD_SCORES.parents[1] / "retrieve" / "train.jsonl")
-    gold.write(GOLD_SCORES)
+        qid, pids = str(ex["id"]), [str(c["id"]) for c in ex["ctxs"][:10]]
+        if kind == "gold":
+            values = [float(qrels.get(qid, {}).get(p, 0) > 0) for p in pids]
+        else:
+            by = dict(zip(*gemma[qid]))
+            first = max(pids, key=lambda p: by[p])
+            values = [float(p == first) for p in pids]
+        out.add(qid, pids, values, query=ex["question"])
+    (path.parents[1] / "retrieve").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(lists, path.parents[1] / "retrieve" / "train.jsonl")
+    out.write(path)
+    return path
 
 
 def run_or_read(spec: dict) -> dict:
-    if spec.get("prepare") == "gold":
-        gold_list_scores()
+    if spec.get("prepare"):
+        derived_list_scores(spec["prepare"])
     recipe, config, out = load(spec)
     path = out / "results.json"
     if path.is_file() and json.loads(path.read_text()).get("complete"):
