@@ -184,13 +184,18 @@ def test_most_confident_keeps_the_lists_with_the_widest_lead():
     assert most_confident(scores, 0.4)["d"] == (["p1", "p2", "p3", "p4"], [0.0, 0.0, 0.0, 4.0])
 
 
-def test_keep_confident_must_be_a_fraction():
+def test_keep_confident_must_be_a_fraction(tmp_path):
     from distillir.recipes.fid_kd import FiDKDConfig
     from distillir.training.config import load_config
 
-    for bad in ("0", "1.5", "-0.2"):
-        with pytest.raises(ConfigError, match="teacher.keep_confident must be in"):
-            load_config(FiDKDConfig, None, [f"teacher.keep_confident={bad}"])
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher:\n  scale: 5.0\n")
+    for bad in ("0", "1.5", "-0.2"):  # the message names the --set that gave the value, not the section's line
+        with pytest.raises(ConfigError, match=rf"^--set teacher\.keep_confident={bad}: teacher: teacher.keep_confident must be in"):
+            load_config(FiDKDConfig, path, [f"teacher.keep_confident={bad}"])
+    path.write_text("teacher:\n  scale: 5.0\n  keep_confident: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 3: teacher: teacher.keep_confident must be in"):
+        load_config(FiDKDConfig, path)
 
 
 def test_write_is_atomic(tmp_path):

@@ -206,9 +206,10 @@ def _build(cls: type, data: Mapping[str, Any], path: tuple[str, ...], origins: _
     try:
         return cls(**kwargs)
     except (ConfigError, ValueError, TypeError) as e:
-        # Checks in __post_init__: where the key the message starts with came from (a --set or its own line),
-        # else the section's origin.
-        named = next((name for name in fields if str(e).split(" ", 1)[0] == name), None)
+        # Checks in __post_init__: where the key the message starts with (bare, or with its section's path:
+        # "scale" or "teacher.scale") came from (a --set or its own line), else the section's origin.
+        first = str(e).split(" ", 1)[0].rstrip(":")
+        named = next((name for name in fields if first in (name, _dotted((*path, name)))), None)
         where = _where((*path, named) if named else path, origins, source)
         raise ConfigError(f"{where}: {_dotted(path)}: {e}") from None
 
