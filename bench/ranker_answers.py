@@ -73,21 +73,24 @@ def distill_or_read(distill_dir: Path, ranker_dir: Path) -> dict:
 
 @functools.cache
 def _lists(ranker_dir: Path | None):
-    """The eval questions, BM25's lists, and (given a ranker run) its re-ranking of them: each computed once per
-    process, since one float32 re-ranking of 1,000 lists takes about 9 minutes here."""
-    from distillir.data.datasets import load_dataset
-    from distillir.rankers.cross_encoder import CrossEncoder
+    """The eval questions and BM25's lists, or (given a ranker run) its re-ranking of those lists: each computed
+    once per process (the dataset and BM25 once in all), since one float32 re-ranking of 1,000 lists takes about
+    9 minutes here."""
     from distillir.recipes import get_recipe
-    from distillir.recipes.common.ranking import rerank_run
-    from distillir.retrievers.bm25 import bm25_cached
     from distillir.training.config import load_config
 
     config = load_config(get_recipe("cross-encoder").Config, CONFIG)
     cfg = config.eval
-    ds = load_dataset(cfg.dataset, cfg.split, max_queries=cfg.max_queries, seed=config.seed)
-    first = bm25_cached(ds.corpus).search(ds.queries, top_k=cfg.depth)
     if ranker_dir is None:
-        return ds, first
+        from distillir.data.datasets import load_dataset
+        from distillir.retrievers.bm25 import bm25_cached
+
+        ds = load_dataset(cfg.dataset, cfg.split, max_queries=cfg.max_queries, seed=config.seed)
+        return ds, bm25_cached(ds.corpus).search(ds.queries, top_k=cfg.depth)
+    from distillir.rankers.cross_encoder import CrossEncoder
+    from distillir.recipes.common.ranking import rerank_run
+
+    ds, first = _lists(None)
     return ds, rerank_run(CrossEncoder.from_pretrained(ranker_dir / "final"), first, ds, cfg.top_k, cfg.batch_size)
 
 
