@@ -187,6 +187,28 @@ def teacher_knowledge(config, out: Path, k: int = 1, extra_orders: dict | None =
     return result
 
 
+def window_stats(config, lists: Path) -> dict:
+    """The distinct passages of the round-1 training lists in the reader LM's tokens (title and text, as its
+    prompts put them): median, 90th percentile, and the share longer than 192 and than the run's window."""
+    import statistics
+
+    from transformers import AutoTokenizer
+
+    from distillir.readers.causal_lm import resolve_lm
+    from distillir.readers.fid_data import load_fid_examples
+
+    source, gguf = resolve_lm(config.reader.model)
+    tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    passages = {str(c["id"]): f"{c.get('title', '')}\n{c['text']}" if c.get("title") else c["text"]
+                for ex in load_fid_examples(lists / "round-1" / "retrieve" / "train.jsonl")
+                for c in ex["ctxs"][:config.n_passages]}
+    n = sorted(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in passages.values())
+    window = config.reader.passage_max_length
+    return {"passages": len(n), "median": statistics.median(n), "p90": n[int(0.9 * (len(n) - 1))],
+            "over_192": round(sum(v > 192 for v in n) / len(n), 3), "window": window,
+            "over_window": round(sum(v > window for v in n) / len(n), 3)}
+
+
 def reference_runs(config, ds, top_k: int) -> dict:
     """The answer-string teacher's distilled MiniLM and the gold-passage one, over the eval questions."""
     from distillir.data.run import Run
@@ -269,6 +291,7 @@ def analyse(key: str, spec: dict, results: dict) -> dict:
             "versus_short": spec.get("versus_short", "query tower"),
             "versus_label": spec.get("versus_label", "the query tower alone, same lists and scores"),
             "teacher_knowledge": teacher_knowledge(config, lists), "wall_s": r1.get("wall_s"),
+            "window": window_stats(config, lists) if spec.get("window_stats") else None,
             "teacher_questions": teacher.get("questions"), "n_passages": config.n_passages, "pairs": pairs,
             "teacher_pairs_per_s": round(pairs / teacher["wall_s"], 2) if teacher.get("wall_s") else None,
             "student_steps": (r1.get("retriever") or {}).get("train", {}).get("global_step"),

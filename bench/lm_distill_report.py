@@ -63,6 +63,9 @@ def _run_section(r: dict) -> list[str]:
         + "), hit@1 / MRR of the first relevant passage:", "",
         _knowledge_table(r["teacher_knowledge"]), "",
         *_agreement_lines(r),
+        *([(f"The {w['passages']:,} distinct listed passages in the reader's tokens: median {w['median']:.0f}, "
+            f"90th percentile {w['p90']}; {100 * w['over_192']:.0f}% run past 192 tokens, {100 * w['over_window']:.0f}% "
+            f"past this run's window of {w['window']}."), ""] if (w := r.get("window")) else []),
         *_rounds_lines(r),
         format_table(table, ["system", *keys]), "",
         *([("Rows trained elsewhere and evaluated here on the same questions: the answer-string teacher's run "
